@@ -1,0 +1,155 @@
+"""The one record model that flows through every stage, store, export and trainer.
+
+SFT rows are chat ``messages``; preference rows are a prompt plus 2-3 responses ranked best first
+(edited > chosen > rejected) with a strength label. Both carry provenance, scores and the verdicts of
+every filter they met, so a rejected row always says which stage dropped it and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+Role = Literal["system", "user", "assistant", "tool"]
+Strength = Literal["significantly_better", "better", "slightly_better", "marginally_better"]
+STRENGTHS: tuple[str, ...] = (
+    "significantly_better",
+    "better",
+    "slightly_better",
+    "marginally_better",
+)
+ResponseLabel = Literal["edited", "chosen", "rejected"]
+NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+
+
+class _Strict(BaseModel):
+    # strict: a number where text belongs is an error, not silently coerced.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Message(_Strict):
+    role: Role
+    content: NonEmpty
+    name: str | None = None  # tool name for role == "tool"
+
+    @model_validator(mode="after")
+    def _not_blank(self) -> Message:
+        if not self.content.strip():
+            raise ValueError("content is blank")
+        return self
+
+
+class Provenance(_Strict):
+    capability: str
+    model: str | None = None
+    engine: str | None = None
+    template: str | None = None
+    template_version: str | None = None
+    sampling: dict[str, Any] = Field(default_factory=dict)
+    seed: int | None = None
+    round: int = 0
+    source: str | None = None  # seed file / upstream row the record came from
+
+
+class Verdict(_Strict):
+    stage: str
+    kept: bool
+    reason: str | None = None
+
+
+class _Scored(_Strict):
+    id: NonEmpty
+    provenance: Provenance | None = None
+    scores: dict[str, float] = Field(default_factory=dict)
+    verdicts: list[Verdict] = Field(default_factory=list)
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def kept(self) -> bool:
+        return all(v.kept for v in self.verdicts)
+
+    def reject(self, stage: str, reason: str) -> None:
+        self.verdicts.append(Verdict(stage=stage, kept=False, reason=reason))
+
+    def keep(self, stage: str, reason: str | None = None) -> None:
+        self.verdicts.append(Verdict(stage=stage, kept=True, reason=reason))
+
+    def to_json(self) -> str:
+        return self.model_dump_json(exclude_none=False)
+
+
+class SFTRecord(_Scored):
+    kind: Literal["sft"] = "sft"
+    messages: list[Message] = Field(min_length=1)
+
+    @property
+    def prompt(self) -> list[Message]:
+        """Messages before the final assistant turn (the whole row if none)."""
+        if self.messages[-1].role == "assistant":
+            return self.messages[:-1]
+        return list(self.messages)
+
+    @property
+    def response(self) -> str | None:
+        last = self.messages[-1]
+        return last.content if last.role == "assistant" else None
+
+
+class Response(_Strict):
+    content: NonEmpty
+    label: ResponseLabel
+    score: float | None = None
+
+
+class PreferenceRecord(_Scored):
+    kind: Literal["preference"] = "preference"
+    prompt: list[Message] = Field(min_length=1)
+    responses: list[Response] = Field(min_length=2, max_length=3)  # best first
+    strength: Strength | None = None
+
+    @model_validator(mode="after")
+    def _ranked(self) -> PreferenceRecord:
+        order = {"edited": 0, "chosen": 1, "rejected": 2}
+        labels = [r.label for r in self.responses]
+        if labels != sorted(labels, key=order.__getitem__) or len(set(labels)) != len(labels):
+            raise ValueError(f"responses must be ranked edited > chosen > rejected, got {labels}")
+        if "chosen" not in labels or "rejected" not in labels:
+            raise ValueError("responses need a 'chosen' and a 'rejected' entry")
+        texts = [r.content.strip() for r in self.responses]
+        if len(set(texts)) != len(texts):
+            raise ValueError("ranked responses must differ (chosen == rejected)")
+        return self
+
+    def by_label(self, label: str) -> Response | None:
+        return next((r for r in self.responses if r.label == label), None)
+
+    @property
+    def chosen(self) -> Response:
+        return self.by_label("chosen")  # type: ignore[return-value]
+
+    @property
+    def rejected(self) -> Response:
+        return self.by_label("rejected")  # type: ignore[return-value]
+
+
+Record = SFTRecord | PreferenceRecord
+
+
+def record_from_dict(data: dict[str, Any]) -> Record:
+    """Build the right record type from a dict (``kind`` decides; default sft)."""
+    kind = data.get("kind", "preference" if "responses" in data else "sft")
+    cls = PreferenceRecord if kind == "preference" else SFTRecord
+    return cls.model_validate(data)
+
+
+def record_from_json(text: str) -> Record:
+    return record_from_dict(json.loads(text))
+
+
+def stable_id(*parts: Any) -> str:
+    """A short deterministic id from any JSON-able parts (same input -> same id across runs)."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
