@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(
     help="Synthetic post-training data after the Llama 3 recipe: generate, filter, export, train.",
@@ -33,7 +34,8 @@ def _quiet_libraries() -> None:
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
+    # plain text, unwrapped: the message names file:line: field and must stay greppable
+    console.print(Text.assemble(("error: ", "bold red"), msg), soft_wrap=True)
     raise typer.Exit(2)
 
 

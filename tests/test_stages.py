@@ -1,0 +1,132 @@
+import pytest
+
+from synth.records import SFTRecord
+from synth.stages import cleaning
+from synth.stages.cleaning import clean, first_violation
+from synth.stages.judge import LLMJudge, judge_messages, parse_judgement
+from synth.stages.select import (
+    best_of_k,
+    preference_pairs,
+    quantile,
+    strength_from_gap,
+    top_quantile,
+)
+
+
+def cand(pid, j, text, score=None, finish="stop"):
+    r = SFTRecord(
+        id=f"{pid}-{j}",
+        messages=[{"role": "user", "content": f"question {pid}"}, {"role": "assistant", "content": text}],
+        meta={"prompt_id": pid, "finish_reason": finish, "completion_tokens": 7},
+    )
+    if score is not None:
+        r.scores["judge"] = score
+    return r
+
+
+@pytest.mark.parametrize(
+    "rule, bad, good",
+    [
+        (cleaning.overused_emoji, "Great 😀😀 job 🎉🎉 wow", "Great job 😀"),
+        (cleaning.excess_exclamation, "Wow! Amazing! Great! Super!", "Wow! Nice. Also `a != b`!"),
+        (cleaning.apologetic_opening, "I'm sorry, but I cannot help.", "Sure. I am not sorry at all."),
+        (cleaning.apologetic_opening, "I apologize for the confusion.", "The apology came later."),
+        (cleaning.empty, "   \n", "ok"),
+    ],
+)
+def test_each_rule_rejects_bad_and_keeps_good(rule, bad, good):
+    assert rule(bad, {}) is not None
+    assert rule(good, {}) is None
+
+
+def test_exclamations_inside_code_do_not_count():
+    text = "Here:\n```python\nif a != b: print('hi!!!!!')\n```\nDone!"
+    assert cleaning.excess_exclamation(text, {}) is None
+
+
+def test_truncated_uses_finish_reason():
+    assert cleaning.truncated("half a sent", {"finish_reason": "length", "completion_tokens": 9})
+    assert cleaning.truncated("done.", {"finish_reason": "stop"}) is None
+
+
+def test_clean_records_reason_is_the_first_rule_broken():
+    recs = [cand("a", 0, "Fine answer."), cand("a", 1, "Sorry!!!! 😀😀😀😀", finish="length")]
+    out = clean(recs)
+    assert out[0].kept
+    assert not out[1].kept and out[1].verdicts[-1].reason == "truncated"
+    assert first_violation("Sorry!!!! 😀😀😀😀", {})[0] == "overused_emoji"
+
+
+@pytest.mark.parametrize(
+    "reply, expected",
+    [
+        ("Score: 7\nRationale: Good but long.", (7.0, "Good but long.")),
+        ("score=10/10 rationale: perfect", (10.0, "perfect")),
+        ("I would give it 3 out of 10 because it is vague.", (3.0, "because it is vague.")),
+        ("The answer is fine.", None),
+        ("Score: 0", None),
+    ],
+)
+def test_parse_judgement(reply, expected):
+    assert parse_judgement(reply) == expected
+
+
+def test_judge_prompt_is_few_shot_chat():
+    msgs = judge_messages("Q?", "A.")
+    assert msgs[0]["role"] == "system"
+    assert [m["role"] for m in msgs[1:]] == ["user", "assistant", "user", "assistant", "user"]
+    assert "Q?" in msgs[-1]["content"] and "A." in msgs[-1]["content"]
+
+
+def test_llm_judge_writes_scores_and_rejects_unparseable(scripted_engine):
+    replies = iter(["Score: 8\nRationale: solid", "no idea"])
+    scripted_engine.reply = lambda msgs, j, s: next(replies)
+    recs = LLMJudge(scripted_engine)([cand("a", 0, "x"), cand("a", 1, "y")])
+    assert recs[0].scores["judge"] == 8.0 and recs[0].meta["judge_rationale"] == "solid"
+    assert not recs[1].kept and recs[1].verdicts[-1].reason == "judge_unparseable"
+
+
+def test_best_of_k_keeps_one_per_prompt_with_stable_ties():
+    recs = [cand("a", 0, "x", 5), cand("a", 1, "y", 9), cand("a", 2, "z", 9), cand("b", 0, "w", 1)]
+    best_of_k(recs, "judge")
+    assert [r.id for r in recs if r.kept] == ["a-1", "b-0"]
+    assert {r.verdicts[-1].reason for r in recs if not r.kept} == {"not_best"}
+
+
+def test_quantile_matches_numpy_linear():
+    assert quantile([1, 2, 3, 4], 0.75) == pytest.approx(3.25)
+    assert quantile([5], 0.75) == 5
+
+
+def test_top_quartile_keeps_ties_and_rejects_rest():
+    recs = [cand(str(i), 0, "t", s) for i, s in enumerate([1, 2, 3, 4, 5, 6, 7, 8])]
+    top_quantile(recs, "judge", 0.25)
+    assert [r.scores["judge"] for r in recs if r.kept] == [7, 8]
+    assert all(r.verdicts[-1].reason == "below_top_quantile" for r in recs if not r.kept)
+    ties = [cand(str(i), 0, "t", 4) for i in range(4)]
+    assert all(r.kept for r in top_quantile(ties, "judge"))
+
+
+def test_preference_pairs_best_vs_worst():
+    recs = [
+        cand("a", 0, "meh", 4),
+        cand("a", 1, "great", 9),
+        cand("a", 2, "bad", 2),
+        cand("b", 0, "same", 5),
+        cand("b", 1, "other", 5),
+        cand("c", 0, "alone", 3),
+    ]
+    pairs = preference_pairs(recs, "judge")
+    assert len(pairs) == 1
+    p = pairs[0]
+    assert p.chosen.content == "great" and p.rejected.content == "bad"
+    assert p.strength == "significantly_better" and p.prompt[0].content == "question a"
+
+
+def test_strength_scale():
+    assert [strength_from_gap(g) for g in (6, 4, 2, 1)] == [
+        "significantly_better",
+        "better",
+        "slightly_better",
+        "marginally_better",
+    ]

@@ -1,0 +1,81 @@
+"""Store and stage-runner mechanics on a real DuckDB file (engine: scripted, for control flow)."""
+
+import duckdb
+import pytest
+
+from synth.engines.base import Request, SamplingParams
+from synth.pipeline import CachedEngine, Run
+from synth.records import SFTRecord
+from synth.store import Store
+
+
+def prompt(i):
+    return SFTRecord(id=f"p{i}", messages=[{"role": "user", "content": f"question {i}"}])
+
+
+def test_commit_batch_is_atomic(tmp_path):
+    store = Store(tmp_path)
+    good = prompt(1)
+    with pytest.raises(duckdb.ConstraintException):
+        store.commit_batch("s", "b1", [good, good])  # duplicate key -> whole batch rolled back
+    assert store.records("s") == [] and store.done_batches("s") == set()
+    store.commit_batch("s", "b1", [good])
+    assert [r.id for r in store.records("s")] == ["p1"] and store.done_batches("s") == {"b1"}
+
+
+def test_cached_engine_hits_and_dedups(tmp_path, scripted_engine):
+    store = Store(tmp_path)
+    eng = CachedEngine(scripted_engine, store)
+    s = SamplingParams(n=2, seed=1)
+    reqs = [Request.chat("a"), Request.chat("b"), Request.chat("a")]
+    first = eng.generate(reqs, s)
+    assert scripted_engine.calls == [2]  # "a" generated once
+    assert first[0] == first[2]
+    again = eng.generate(reqs, s)
+    assert again == first and scripted_engine.calls == [2]
+    eng.generate(reqs, SamplingParams(n=2, seed=2))  # other seed -> other cache key
+    assert scripted_engine.calls == [2, 2]
+    assert store.cache_size() == 4
+
+
+def test_map_batches_resumes_without_redoing_finished_batches(tmp_path):
+    calls = []
+
+    def stage(batch):
+        calls.append([p.id for p in batch])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # dies in the middle of the run
+        return [p.model_copy(update={"id": p.id + "-out"}) for p in batch]
+
+    items = [prompt(i) for i in range(7)]
+    run = Run(tmp_path, config={"a": 1})
+    with pytest.raises(KeyboardInterrupt):
+        run.map_batches("gen", items, stage, batch_size=2)
+    run.close()
+    run = Run(tmp_path, config={"a": 1})
+    out = run.map_batches("gen", items, stage, batch_size=2)
+    assert calls == [["p0", "p1"], ["p2", "p3"], ["p4", "p5"], ["p4", "p5"], ["p6"]]
+    assert [r.id for r in out] == [f"p{i}-out" for i in range(7)]
+    # a finished stage is not run again at all
+    assert run.map_batches("gen", items, stage, batch_size=2) == out and len(calls) == 5
+    f = run.store.funnel()[0]
+    assert (f["stage"], f["rows_in"], f["kept"], f["rejected"], f["done"]) == ("gen", 7, 7, 0, True)
+
+
+def test_resume_with_other_config_is_refused(tmp_path):
+    Run(tmp_path, config={"k": 4}).close()
+    with pytest.raises(ValueError, match="different configuration"):
+        Run(tmp_path, config={"k": 5})
+
+
+def test_funnel_counts_reasons(tmp_path):
+    run = Run(tmp_path, config={})
+
+    def judge(batch):
+        for i, r in enumerate(batch):
+            r.keep("j") if i % 3 else r.reject("j", "low" if i % 2 else "odd")
+        return batch
+
+    run.apply("j", [prompt(i) for i in range(6)], judge)
+    f = run.store.funnel()[0]
+    assert (f["kept"], f["rejected"], f["reasons"]) == (4, 2, {"low": 1, "odd": 1})
