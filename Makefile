@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test lint install clean
 
 $(STAMP): pyproject.toml
+	# sandbox tools (bubblewrap isolates generated code; php-cli is a sandbox language)
+	@command -v bwrap >/dev/null && command -v php >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap php-cli >/dev/null; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# CPU build of torch from this machine's disk; unpinned torch would pull CUDA packages.

@@ -1,0 +1,5 @@
+"""Allocate 10 MB blocks until something stops us."""
+
+blocks = []
+while True:
+    blocks.append(bytearray(10**7))
