@@ -51,6 +51,29 @@ class CachedEngine:
             found.update(new)
         return [found[k] for k in keys]
 
+    def supports_choice_logprobs(self) -> bool:
+        return hasattr(self.inner, "choice_logprobs")
+
+    def choice_logprobs(
+        self, requests: list[Request], prefix: str, choices: list[str]
+    ) -> list[dict[str, float]]:
+        """Cached like ``generate``: the choice distribution is stored as one pseudo-completion."""
+        marker = SamplingParams(n=1, temperature=0.0, max_tokens=1, stop=("choices", prefix, *choices))
+        keys = [cache_key(self.model, r, marker) for r in requests]
+        found = self.store.cache_get(keys)
+        todo = [i for i, k in enumerate(keys) if k not in found]
+        if todo:
+            fresh = self.inner.choice_logprobs([requests[i] for i in todo], prefix, choices)
+            new = {
+                keys[i]: [
+                    Completion(text="", prompt_tokens=0, completion_tokens=0, finish_reason="stop", extra=d)
+                ]
+                for i, d in zip(todo, fresh, strict=True)
+            }
+            self.store.cache_put(self.model, new)
+            found.update(new)
+        return [found[k][0].extra for k in keys]
+
 
 class Run:
     """One run directory: its store, its event log and its stages."""

@@ -65,3 +65,21 @@ def test_get_engine_names():
     with pytest.raises(Exception, match="unknown engine"):
         get_engine("nope")
     assert isinstance(get_engine("hf", batch_size=2), HFEngine)
+
+
+def test_choice_logprobs_match_a_direct_forward_pass(hf_engine):
+    import torch
+
+    req = Request.chat("What is the capital of France?")
+    choices = [" Paris", " London", " 10", " 1"]
+    got = hf_engine.choice_logprobs([req], " The capital of France is", choices)[0]
+    assert got[" Paris"] > got[" London"]
+    tok = hf_engine.tokenizer
+    ctx = tok(hf_engine._render(req) + " The capital of France is", add_special_tokens=False)["input_ids"]
+    for c in choices:
+        ids = ctx + tok(c, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logits = hf_engine.lm(input_ids=torch.tensor([ids])).logits[0].float()
+        logp = torch.log_softmax(logits, -1)
+        direct = sum(float(logp[p - 1, ids[p]]) for p in range(len(ctx), len(ids)))
+        assert got[c] == pytest.approx(direct, abs=0.05)  # bf16: padded batch vs single row

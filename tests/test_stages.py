@@ -130,3 +130,26 @@ def test_strength_scale():
         "slightly_better",
         "marginally_better",
     ]
+
+
+def test_expected_score_is_the_probability_weighted_mean():
+    import math
+
+    from synth.stages.judge import SCORE_CHOICES, expected_score
+
+    dist = {c: -math.inf for c in SCORE_CHOICES} | {" 2": math.log(0.25), " 8": math.log(0.75)}
+    assert expected_score(dist) == pytest.approx(6.5)
+
+
+def test_judge_prefers_the_distribution_when_the_engine_has_one(scripted_engine):
+    import math
+
+    from synth.stages.judge import SCORE_CHOICES
+
+    scripted_engine.reply = lambda msgs, j, s: "Score: 1\nRationale: meh"
+    scripted_engine.choice_logprobs = lambda reqs, prefix, choices: [
+        {c: (0.0 if c == " 7" else -math.inf) for c in choices} for _ in reqs
+    ]
+    assert list(SCORE_CHOICES)[6] == " 7"
+    rec = LLMJudge(scripted_engine)([cand("a", 0, "x")])[0]
+    assert rec.scores["judge"] == 7.0 and rec.meta["judge_text_score"] == 1.0 and rec.kept

@@ -79,6 +79,63 @@ class HFEngine:
                 results[i] = comps
         return results  # type: ignore[return-value]
 
+    def choice_logprobs(
+        self, requests: list[Request], prefix: str, choices: list[str]
+    ) -> list[dict[str, float]]:
+        """log P(choice | chat prompt + assistant ``prefix``) for each request and choice.
+
+        Teacher-forced, so a judge can read a whole score distribution (G-Eval style) instead of
+        one sampled number: small judges put most mass on one digit but still rank responses.
+        One forward pass per request covers every choice whose tokens, but the last, are a prefix of
+        the longest choice (" 1".." 9" and " 10" all are); other choices get a pass of their own.
+        """
+        tok = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
+        longest = max(tok, key=len)
+        seqs: list[list[int]] = []  # per request: ctx + longest, then ctx + each uncovered choice
+        plan: list[list[tuple[int, int]]] = []  # per request and choice: (seq index, ctx length)
+        for r in requests:
+            ctx = self.tokenizer(self._render(r) + prefix, add_special_tokens=False)["input_ids"]
+            base = len(seqs)
+            seqs.append(ctx + longest)
+            where = []
+            for t in tok:
+                if t[:-1] == longest[: len(t) - 1]:
+                    where.append((base, len(ctx)))
+                else:
+                    seqs.append(ctx + t)
+                    where.append((len(seqs) - 1, len(ctx)))
+            plan.append(where)
+        logps = self._teacher_forced(seqs)
+        out = []
+        for where in plan:
+            row = {}
+            for c, t, (si, n) in zip(choices, tok, where, strict=True):
+                lp = logps[si]
+                # the choice's own last token is read at its position, whatever the sequence holds there
+                row[c] = float(sum(lp[n + j - 1][t[j]] for j in range(len(t))))
+            out.append(row)
+        return out
+
+    def _teacher_forced(self, seqs: list[list[int]]):
+        """Next-token log-probs (float32, [len, vocab] per sequence) for each token sequence."""
+        import torch
+
+        pad = self.tokenizer.pad_token_id
+        result = []
+        for start in range(0, len(seqs), self.batch_size):
+            chunk = seqs[start : start + self.batch_size]
+            width = max(len(s) for s in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, seq in enumerate(chunk):  # right padding: positions stay 0..len-1
+                ids[i, : len(seq)] = torch.tensor(seq)
+                mask[i, : len(seq)] = 1
+            with torch.inference_mode():
+                logits = self.lm(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+            result.extend(logp[i, : len(seq)] for i, seq in enumerate(chunk))
+        return result
+
     def _render(self, request: Request) -> str:
         return self.tokenizer.apply_chat_template(
             list(request.messages), tokenize=False, add_generation_prompt=True

@@ -2,11 +2,15 @@
 
 ``LLMJudge`` asks the engine for a 1-10 score with a rationale. Small models ignore bare format
 instructions, so the prompt carries two worked examples as earlier chat turns (few-shot), and the reply
-is parsed leniently. A reward model scorer (``train``) plugs in through the same ``Scorer`` protocol.
+is parsed leniently. Where the engine can read token probabilities (``choice_logprobs``: the hf engine),
+the score is the expectation over the ten possible scores after "Score:" (G-Eval): a 135M judge writes
+"Score: 1" for nearly everything, yet its distribution still ranks responses. A reward model scorer
+(``synth.stages.reward``) plugs in through the same ``Scorer`` protocol.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Protocol
@@ -61,25 +65,52 @@ def parse_judgement(text: str) -> tuple[float, str] | None:
     return float(m.group(1)), (rationale[0].strip() if rationale else "")
 
 
+SCORE_CHOICES = tuple(f" {i}" for i in range(1, 11))
+
+
+def expected_score(logprobs: dict[str, float]) -> float:
+    """Probability-weighted mean of the scores 1-10, renormalised over those ten choices."""
+    top = max(logprobs.values())
+    weights = {int(c): math.exp(lp - top) for c, lp in logprobs.items()}
+    return sum(s * w for s, w in weights.items()) / sum(weights.values())
+
+
 @dataclass
 class LLMJudge:
     engine: Engine
     name: str = "judge"
     max_tokens: int = 64
     stage: str = "judge"
+    use_logprobs: bool = True  # when the engine offers choice_logprobs
 
     def __call__(self, records: list[SFTRecord]) -> list[SFTRecord]:
         requests = [Request.chat(judge_messages(_question(r), r.response or "")) for r in records]
         sampling = SamplingParams(n=1, temperature=0.0, max_tokens=self.max_tokens)
-        for rec, comps in zip(records, self.engine.generate(requests, sampling), strict=True):
-            parsed = parse_judgement(comps[0].text)
-            if parsed is None:
+        replies = [c[0].text for c in self.engine.generate(requests, sampling)]
+        dists: list[dict[str, float] | None] = [None] * len(records)
+        if self.use_logprobs and _has_choice_logprobs(self.engine):
+            dists = self.engine.choice_logprobs(requests, "Score:", list(SCORE_CHOICES))
+        for rec, reply, dist in zip(records, replies, dists, strict=True):
+            parsed = parse_judgement(reply)
+            rec.meta["judge_reply"] = reply
+            if dist is not None:
+                rec.scores[self.name] = round(expected_score(dist), 4)
+                rec.meta["judge_text_score"] = parsed[0] if parsed else None
+                rec.meta["judge_rationale"] = parsed[1] if parsed else reply.strip()
+            elif parsed is not None:
+                rec.scores[self.name], rec.meta["judge_rationale"] = parsed
+            else:
                 rec.reject(self.stage, "judge_unparseable")
-                rec.meta["judge_reply"] = comps[0].text
                 continue
-            rec.scores[self.name], rec.meta["judge_rationale"] = parsed
             rec.keep(self.stage)
         return records
+
+
+def _has_choice_logprobs(engine: Engine) -> bool:
+    if not callable(getattr(engine, "choice_logprobs", None)):
+        return False
+    probe = getattr(engine, "supports_choice_logprobs", None)  # a cache wrapper asks its inner engine
+    return probe() if callable(probe) else True
 
 
 def _question(rec: SFTRecord) -> str:
