@@ -8,7 +8,7 @@ from synth.stages.select import (
     best_of_k,
     preference_pairs,
     quantile,
-    strength_from_gap,
+    strengths_by_gap,
     top_quantile,
 )
 
@@ -123,13 +123,13 @@ def test_preference_pairs_best_vs_worst():
     assert p.strength == "significantly_better" and p.prompt[0].content == "question a"
 
 
-def test_strength_scale():
-    assert [strength_from_gap(g) for g in (6, 4, 2, 1)] == [
-        "significantly_better",
-        "better",
-        "slightly_better",
-        "marginally_better",
-    ]
+def test_strengths_are_gap_quartiles():
+    gaps = [0.1, 2.0, 0.5, 1.0, 0.05, 3.0, 0.7, 0.2]
+    assert strengths_by_gap(gaps) == [
+        "marginally_better", "significantly_better", "slightly_better", "better",
+        "marginally_better", "significantly_better", "better", "slightly_better",
+    ]  # fmt: skip
+    assert strengths_by_gap([0.4]) == ["significantly_better"]
 
 
 def test_expected_score_is_the_probability_weighted_mean():

@@ -56,21 +56,24 @@ def top_quantile(
     return records
 
 
-def strength_from_gap(gap: float, scale: float = 10.0) -> str:
-    """Map a score gap (on a 1-``scale`` scale) to Llama 2's four preference strengths."""
-    g = gap / scale
-    if g >= 0.5:
-        return STRENGTHS[0]
-    if g >= 0.3:
-        return STRENGTHS[1]
-    if g >= 0.15:
-        return STRENGTHS[2]
-    return STRENGTHS[3]
+def strengths_by_gap(gaps: list[float]) -> list[str]:
+    """Llama 2's four strengths from score gaps, by the gap's quartile among the run's pairs.
+
+    Relative, like a human annotator's scale: judges and reward models differ in range (a small
+    judge's expected scores span a point or two), so an absolute gap cut would call everything
+    "marginally better". The widest quarter of gaps is "significantly better", the narrowest
+    quarter "marginally better".
+    """
+    order = sorted(range(len(gaps)), key=lambda i: -gaps[i])
+    out = [""] * len(gaps)
+    for rank, i in enumerate(order):
+        out[i] = STRENGTHS[min(3, rank * 4 // len(gaps))]
+    return out
 
 
 def preference_pairs(records: list[SFTRecord], score: str) -> list[PreferenceRecord]:
     """Best vs worst response of each prompt, when their scores differ and their texts do."""
-    pairs = []
+    pairs, gaps = [], []
     for prompt_id, group in group_by_prompt(records).items():
         scored = sorted((r for r in group if score in r.scores and r.response), key=_rank_key(score))
         if len(scored) < 2:
@@ -79,6 +82,7 @@ def preference_pairs(records: list[SFTRecord], score: str) -> list[PreferenceRec
         gap = best.scores[score] - worst.scores[score]
         if gap <= 0 or best.response.strip() == worst.response.strip():
             continue
+        gaps.append(gap)
         pairs.append(
             PreferenceRecord(
                 id=f"{prompt_id}-pair",
@@ -87,10 +91,11 @@ def preference_pairs(records: list[SFTRecord], score: str) -> list[PreferenceRec
                     Response(content=best.response, label="chosen", score=best.scores[score]),
                     Response(content=worst.response, label="rejected", score=worst.scores[score]),
                 ],
-                strength=strength_from_gap(gap),
                 provenance=best.provenance,
                 scores={f"{score}_gap": gap},
                 meta={"prompt_id": prompt_id, "chosen_id": best.id, "rejected_id": worst.id},
             )
         )
+    for pair, strength in zip(pairs, strengths_by_gap(gaps), strict=True):
+        pair.strength = strength
     return pairs
