@@ -96,6 +96,76 @@ def run_general_cmd(
     run.close()
 
 
+@run_app.command("code")
+def run_code_cmd(
+    out: Annotated[Path, typer.Option(help="Run directory; the same command resumes a stopped run.")],
+    corpus: Annotated[
+        Path | None,
+        typer.Option(help="Folder of .py files that inspire problems; default: the shipped corpus."),
+    ] = None,
+    engine: Engine = "hf",
+    model: Model = None,
+    base_url: BaseUrl = None,
+    k: Annotated[int, typer.Option(help="Solutions sampled per problem.")] = 2,
+    problems_per_snippet: Annotated[int, typer.Option(help="Problems written per corpus file.")] = 2,
+    max_tokens: Annotated[int, typer.Option(help="Max new tokens per model call.")] = 384,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+    seed: int = 0,
+    batch_size: Annotated[int, typer.Option(help="Items per committed batch.")] = 8,
+    repair_rounds: Annotated[
+        int, typer.Option(help="Rounds of feedback (lint, traceback, failing assert) and repair.")
+    ] = 2,
+    languages: Annotated[
+        str, typer.Option(help="Comma-separated translation targets (javascript, php); '' for none.")
+    ] = "javascript,php",
+    backend: Annotated[str, typer.Option(help="Sandbox backend: local (bubblewrap) or docker.")] = "local",
+    unsafe_no_isolation: Annotated[
+        bool, typer.Option(help="Run generated code without isolation (local backend; trusted hosts only).")
+    ] = False,
+    bt_threshold: Annotated[
+        float, typer.Option(help="Keep documentation whose backtranslation scores at least this (1-10).")
+    ] = 7.0,
+) -> None:
+    """Snippets -> problems -> K solutions -> ruff + unit tests in the sandbox -> repair rounds; plus
+    backtranslated documentation and translations to other languages checked by execution."""
+    from sandboxes.base import SandboxUnavailable
+    from synth.engines.base import EngineError
+    from synth.generators.code import DEFAULT_CORPUS, CodeConfig, run_code
+
+    _quiet_libraries()
+    try:
+        cfg = CodeConfig(
+            out=str(out),
+            corpus=str(corpus or DEFAULT_CORPUS),
+            engine=engine,
+            model=model,
+            base_url=base_url,
+            k=k,
+            problems_per_snippet=problems_per_snippet,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            batch_size=batch_size,
+            repair_rounds=repair_rounds,
+            languages=[x.strip() for x in languages.split(",") if x.strip()],
+            backend=backend,
+            unsafe_no_isolation=unsafe_no_isolation,
+            bt_threshold=bt_threshold,
+        )
+        run = run_code(cfg)
+    except (EngineError, SandboxUnavailable, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    _print_funnel(run.store)
+    outcomes = run.store.get_meta("outcomes", {})
+    Console().print(
+        "solutions: "
+        + (", ".join(f"{name}: {n}" for name, n in outcomes.items()) or "none reached execution")
+    )
+    run.close()
+
+
 @app.command()
 def stats(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
@@ -201,11 +271,36 @@ def export(
         console.print(f"uploaded to {url}")
 
 
+@app.command("round")
+def round_cmd(
+    config: Annotated[Path, typer.Option(help="Round YAML (see pipelines/configs/round_demo.yaml).")],
+    rounds: Annotated[int | None, typer.Option(help="Rounds to run (overrides the config).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Round directory (overrides the config).")] = None,
+) -> None:
+    """One or more Llama-3-style rounds: generate, RM, rejection sampling, SFT, DPO, average.
+
+    Each round generates with the previous round's model; a stopped round resumes step by step.
+    """
+    from pipelines.round import RoundConfig, run_rounds
+
+    _quiet_libraries()
+    try:
+        cfg = RoundConfig.from_yaml(config, rounds=rounds, out=str(out) if out else None)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    models = run_rounds(cfg)
+    console.print(f"round models: {', '.join(map(str, models))}")
+
+
 def _mount_optional() -> None:
     """Sub-commands that live with their packages."""
     from sandboxes.cli import app as sandbox_app
 
     app.add_typer(sandbox_app, name="sandbox", help="Run untrusted code in an isolated sandbox.")
+    from train.tools_cli import average, sample
+
+    app.command(help=average.__doc__)(average)
+    app.command(help=sample.__doc__)(sample)
 
 
 with contextlib.suppress(ImportError):  # a package still being written must not break the CLI

@@ -8,6 +8,7 @@ rejected, from the store, so a resumed run sees exactly what an uninterrupted on
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -124,7 +125,9 @@ class Run:
                 task,
             ):
                 for batch, bid in todo:
-                    out = fn(batch)
+                    # stages append verdicts in place: give them copies, so the caller's rows (often
+                    # an earlier stage's output, read again by a later stage) stay as stored
+                    out = fn(copy.deepcopy(batch))
                     self.store.commit_batch(stage, bid, out)
                     self.log("batch_committed", stage=stage, batch=bid, rows=len(out))
                     bar.advance(task, len(batch))

@@ -79,3 +79,17 @@ def test_funnel_counts_reasons(tmp_path):
     run.apply("j", [prompt(i) for i in range(6)], judge)
     f = run.store.funnel()[0]
     assert (f["kept"], f["rejected"], f["reasons"]) == (4, 2, {"low": 1, "odd": 1})
+
+
+def test_stages_get_copies_so_later_stages_see_stored_rows(tmp_path):
+    run = Run(tmp_path, config={})
+    first = run.apply("a", [prompt(i) for i in range(3)], lambda b: [r.keep("a") or r for r in b])
+
+    def reject_all(batch):
+        for r in batch:
+            r.reject("b", "nope")
+        return batch
+
+    run.apply("b", first, reject_all)
+    assert all(r.kept for r in first)  # "b" did not change "a"'s rows
+    assert [r.kept for r in run.apply("c", first, lambda b: b)] == [True] * 3

@@ -1,0 +1,286 @@
+"""`synth round`: one Llama-3-style post-training round, read top to bottom.
+
+    generate (each configured generator, with the current policy)
+    -> reward model on ALL preference data so far
+    -> rejection sampling: K samples per prompt from the policy, best by the RM, top quartile
+    -> SFT on the RS rows + the generators' SFT rows, from the current policy
+    -> DPO on the LATEST preference batch, from the SFT model (one run per variant)
+    -> average the DPO variants -> the round's model, the next round's policy
+
+Every step writes a ``.done.json`` marker when it finishes: a stopped round resumes at the first
+unfinished step (generation and sampling steps also resume inside, batch by batch).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+
+from synth.records import Record, SFTRecord
+from synth.stats import output_records, summarize
+from synth.store import Store
+
+console = Console(stderr=True)
+
+
+@dataclass
+class RoundConfig:
+    out: str
+    rounds: int = 1
+    model: str | None = None  # the starting policy; None: the embedded model
+    engine: str = "hf"
+    base_url: str | None = None
+    seed: int = 0
+    generators: dict[str, dict[str, Any]] = field(default_factory=lambda: {"general": {}})
+    rm: dict[str, Any] = field(default_factory=dict)  # RMConfig fields
+    sample: dict[str, Any] = field(default_factory=dict)  # k, max_tokens, temperature, top_fraction
+    sft: dict[str, Any] = field(default_factory=dict)  # SFTConfig fields
+    dpo: dict[str, Any] = field(default_factory=dict)  # DPOConfig fields
+    dpo_variants: list[dict[str, Any]] = field(default_factory=lambda: [{}])  # averaged together
+    average_weights: list[float] | None = None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> RoundConfig:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: the round config must be a mapping")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
+        if "out" not in data:
+            raise ValueError(f"{path}: 'out' (the round directory) is required")
+        cfg = cls(**data)
+        if not cfg.dpo_variants:
+            raise ValueError(f"{path}: dpo_variants needs at least one entry ({{}} for the defaults)")
+        if cfg.average_weights is not None and len(cfg.average_weights) != len(cfg.dpo_variants):
+            raise ValueError(f"{path}: average_weights needs one weight per DPO variant")
+        unknown_gen = sorted(set(cfg.generators) - set(GENERATORS))
+        if unknown_gen:
+            raise ValueError(f"{path}: unknown generators {unknown_gen}; known: {sorted(GENERATORS)}")
+        return cfg
+
+
+# -- generators a round can run ---------------------------------------------------------------
+def _run_general(opts: dict[str, Any], out: Path, policy: str | None, cfg: RoundConfig, rnd: int) -> Path:
+    from synth.generators.general import GeneralConfig, run_general
+
+    opts = {"seeds": str(_data("general_seeds.jsonl")), **opts}
+    run = run_general(GeneralConfig(out=str(out), engine=cfg.engine, model=policy, base_url=cfg.base_url,
+                                    seed=cfg.seed + rnd, round=rnd, **opts))  # fmt: skip
+    run.close()
+    return out
+
+
+def _run_code(opts: dict[str, Any], out: Path, policy: str | None, cfg: RoundConfig, rnd: int) -> Path:
+    from synth.generators.code import CodeConfig, run_code
+
+    run = run_code(CodeConfig(out=str(out), engine=cfg.engine, model=policy, base_url=cfg.base_url,
+                              seed=cfg.seed + rnd, **opts))  # fmt: skip
+    run.close()
+    return out
+
+
+GENERATORS: dict[str, Callable[..., Path]] = {"general": _run_general, "code": _run_code}
+
+
+def _data(name: str) -> Path:
+    return Path(__file__).parent / "data" / name
+
+
+# -- the round --------------------------------------------------------------------------------
+def run_rounds(cfg: RoundConfig) -> list[Path]:
+    """Run ``cfg.rounds`` rounds; round r+1 generates with round r's model. Returns the models."""
+    root = Path(cfg.out)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "round.json").write_text(json.dumps(asdict(cfg), indent=2))
+    policy, models = cfg.model, []
+    for rnd in range(1, cfg.rounds + 1):
+        policy = str(run_round(cfg, rnd, policy))
+        models.append(Path(policy))
+    return models
+
+
+def run_round(cfg: RoundConfig, rnd: int, policy: str | None) -> Path:
+    from synth.export import export_dataset
+
+    root = Path(cfg.out)
+    here = root / f"round_{rnd}"
+    step = _Steps(here)
+    console.rule(f"round {rnd}: policy {policy or 'embedded SmolLM2-135M-Instruct'}")
+
+    # 1. generate with the current policy, one run per generator
+    gen_runs = {}
+    for name, opts in cfg.generators.items():
+        out = here / "gen" / name
+        gen_runs[name] = out
+        step(f"generate_{name}", lambda n=name, o=opts, d=out: GENERATORS[n](o, d, policy, cfg, rnd))
+
+    # 2. reward model on all preference data so far (every round's generators)
+    all_pref = [r for k in range(1, rnd + 1) for r in _round_records(root / f"round_{k}", "preference", k)]
+    pref_all_dir = here / "data" / "preference_all"
+    step("data_preference_all", lambda: export_dataset([], all_pref, pref_all_dir, _summary("all", all_pref)))
+    rm_dir = here / "rm"
+    # initialised from the starting checkpoint every round (Llama 3), not from the last policy
+    step("train_rm", lambda: _train("rm", pref_all_dir, rm_dir, cfg.model, cfg.rm, cfg.seed))
+
+    # 3. rejection sampling with the policy, scored by the RM, best of K, top quartile
+    prompts_file = here / "data" / "prompts.jsonl"
+    step("collect_prompts", lambda: _write_prompts(gen_runs.values(), prompts_file))
+    rs_dir = here / "sample"
+    step("rejection_sample", lambda: _sample(prompts_file, policy, rm_dir, rs_dir, cfg, rnd))
+
+    # 4. SFT on the RS rows plus the generators' SFT rows, from the current policy
+    sft_rows = _records_of(rs_dir, "sft", f"r{rnd}-rs") + _round_records(here, "sft", rnd)
+    sft_data = here / "data" / "sft"
+    step("data_sft", lambda: export_dataset(sft_rows, [], sft_data, _summary("sft", sft_rows)))
+    sft_dir = here / "sft"
+    step("train_sft", lambda: _train("sft", sft_data, sft_dir, policy, cfg.sft, cfg.seed))
+
+    # 5. DPO on the latest preference batch (this round's generators + RS best-vs-worst)
+    latest = _round_records(here, "preference", rnd) + _records_of(rs_dir, "preference", f"r{rnd}-rs")
+    pref_data = here / "data" / "preference_latest"
+    step("data_preference_latest", lambda: export_dataset([], latest, pref_data, _summary("latest", latest)))
+    dpo_dirs = []
+    for i, variant in enumerate(cfg.dpo_variants):
+        d = here / f"dpo_{i}"
+        dpo_dirs.append(d)
+        step(f"train_dpo_{i}", lambda d=d, v=variant, i=i: _train(
+            "dpo", pref_data, d, str(sft_dir), {**cfg.dpo, **v}, cfg.seed + i))  # fmt: skip
+
+    # 6. average the DPO variants into the round's model
+    model_dir = here / "model"
+    step("average", lambda: _average(dpo_dirs, model_dir, cfg.average_weights))
+    step("card", lambda: _round_card(here, rnd, policy, cfg))
+    return model_dir
+
+
+# -- steps ------------------------------------------------------------------------------------
+class _Steps:
+    """Run each named step once; a finished step leaves ``.done/<name>.json`` behind."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / ".done"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, name: str, fn: Callable[[], Any]) -> None:
+        marker = self.dir / f"{name}.json"
+        if marker.exists():
+            console.log(f"[dim]{name}: done earlier, skipped")
+            return
+        console.log(f"[bold]{name}")
+        start = time.time()
+        fn()
+        marker.write_text(json.dumps({"step": name, "seconds": round(time.time() - start, 1)}))
+
+
+def _round_records(here: Path, kind: str, rnd: int) -> list[Record]:
+    """This round's generator output rows of one kind, ids prefixed so rounds never collide."""
+    gen = here / "gen"
+    runs = sorted(p for p in gen.iterdir() if (p / "synth.duckdb").exists()) if gen.exists() else []
+    return [r for run in runs for r in _records_of(run, kind, f"r{rnd}-{run.name}")]
+
+
+def _records_of(run_dir: Path, kind: str, prefix: str) -> list[Record]:
+    if not (run_dir / "synth.duckdb").exists():
+        return []
+    store = Store(run_dir, read_only=True)
+    try:
+        sft, pref = output_records(store)
+    finally:
+        store.close()
+    rows = sft if kind == "sft" else pref
+    return [r.model_copy(update={"id": f"{prefix}-{r.id}"}) for r in rows]
+
+
+def _summary(name: str, records: list[Record]) -> dict[str, Any]:
+    models = sorted({r.provenance.model for r in records if r.provenance and r.provenance.model})
+    return {"name": name, "funnel": [], "models": models, "engines": [], "templates": {}, "sampling": {}}
+
+
+def _write_prompts(runs, path: Path) -> None:
+    """The prompts every generator of the round started from (its 'seeds' stage)."""
+    seen, lines = set(), []
+    for run in runs:
+        store = Store(run, read_only=True)
+        try:
+            seeds = store.records("seeds", kept=True)
+        finally:
+            store.close()
+        for r in seeds:
+            if isinstance(r, SFTRecord) and r.id not in seen:
+                seen.add(r.id)
+                lines.append(
+                    json.dumps({"id": r.id, "messages": [m.model_dump(exclude_none=True) for m in r.prompt]})
+                )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _train(kind: str, data: Path, out: Path, model: str | None, overrides: dict[str, Any], seed: int) -> None:
+    from train import dpo, rm, sft
+    from train.config import DPOConfig, RMConfig, SFTConfig
+
+    recipe, config_cls = {"rm": (rm, RMConfig), "sft": (sft, SFTConfig), "dpo": (dpo, DPOConfig)}[kind]
+    if out.exists():
+        shutil.rmtree(out)  # an unfinished training step starts over
+    args = config_cls(output_dir=str(out), seed=seed, **overrides)
+    recipe.run(str(data), args, model)
+
+
+def _sample(prompts: Path, policy: str | None, rm_dir: Path, out: Path, cfg: RoundConfig, rnd: int) -> None:
+    from train.sample import SampleConfig, run_sample
+
+    opts = {"k": 4, "top_fraction": 0.25, **cfg.sample}
+    sample_cfg = SampleConfig(
+        prompts=str(prompts),
+        policy=policy,
+        reward_model=str(rm_dir),
+        out=str(out),
+        engine=cfg.engine,
+        base_url=cfg.base_url,
+        seed=cfg.seed + rnd,
+        round=rnd,
+        **opts,
+    )
+    run_sample(sample_cfg).close()
+
+
+def _average(dpo_dirs: list[Path], out: Path, weights: list[float] | None) -> None:
+    from train.average import average_checkpoints
+
+    if out.exists():
+        shutil.rmtree(out)
+    if len(dpo_dirs) == 1:
+        shutil.copytree(dpo_dirs[0], out)
+    else:
+        average_checkpoints([str(d) for d in dpo_dirs], str(out), weights=weights)
+
+
+def _round_card(here: Path, rnd: int, policy: str | None, cfg: RoundConfig) -> None:
+    """ROUND.md: what the round started from, what each step made, and its metrics."""
+    lines = [f"# Round {rnd}", "", f"- starting policy: `{policy or 'embedded SmolLM2-135M-Instruct'}`",
+             f"- model: `{here / 'model'}`", ""]  # fmt: skip
+    for name in sorted((here / "gen").iterdir()) if (here / "gen").exists() else []:
+        store = Store(name, read_only=True)
+        s = summarize(store)
+        store.close()
+        lines.append(
+            f"- generator `{name.name}`: {s['rows']['sft']} SFT rows, {s['rows']['preference']} pairs"
+        )
+    for step in ("rm", "sft", *[f"dpo_{i}" for i in range(len(cfg.dpo_variants))]):
+        metrics = here / step / "metrics.json"
+        if metrics.exists():
+            lines += ["", f"## {step}", "", "```json", metrics.read_text().strip(), "```"]
+    lines += ["", "Datasets (each with its data card):", ""]
+    lines += [f"- `{d}`" for d in sorted((here / "data").iterdir()) if d.is_dir()]
+    (here / "ROUND.md").write_text("\n".join(lines) + "\n")
