@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/synth run general --seeds pipelines/data/general_seeds.jsonl --out runs/demo --k 4 --max-tokens 96
+	$(BIN)/synth run general --seeds pipelines/data/general_seeds.jsonl --out runs/demo --k 4 --max-tokens 128
 	$(BIN)/synth stats runs/demo
 	$(BIN)/synth export runs/demo --to runs/demo/dataset
 

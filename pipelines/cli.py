@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -292,19 +291,21 @@ def round_cmd(
     console.print(f"round models: {', '.join(map(str, models))}")
 
 
-def _mount_optional() -> None:
+def _mount_subcommands() -> None:
     """Sub-commands that live with their packages."""
     from sandboxes.cli import app as sandbox_app
 
     app.add_typer(sandbox_app, name="sandbox", help="Run untrusted code in an isolated sandbox.")
+    from train.cli import app as train_app
     from train.tools_cli import average, sample
+
+    app.add_typer(train_app, name="train", help="Train a reward model, SFT or DPO policy on exported data.")
 
     app.command(help=average.__doc__)(average)
     app.command(help=sample.__doc__)(sample)
 
 
-with contextlib.suppress(ImportError):  # a package still being written must not break the CLI
-    _mount_optional()
+_mount_subcommands()
 
 
 def main() -> None:  # pragma: no cover

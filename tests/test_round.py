@@ -1,0 +1,83 @@
+"""`synth round`: one full Llama-3-style round on the embedded model, then a resume that redoes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pipelines.round import RoundConfig
+
+ENV = {**os.environ, "SYNTH_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
+SEEDS = ["What is the capital of Italy?", "Name a yellow fruit.", "What is 3 + 4?", "Say something kind.",
+         "Name a planet.", "What color is grass?"]  # fmt: skip
+STEPS = [
+    "generate_general", "data_preference_all", "train_rm", "collect_prompts", "rejection_sample", "data_sft",
+    "train_sft", "data_preference_latest", "train_dpo_0", "train_dpo_1", "average", "card",
+]  # fmt: skip
+
+
+def test_config_errors_are_clear(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("out: x\nrm: {max_steps: 1}\nbogus: 1\n")
+    with pytest.raises(ValueError, match="unknown keys \\['bogus'\\]"):
+        RoundConfig.from_yaml(p)
+    p.write_text("out: x\ngenerators: {poetry: {}}\n")
+    with pytest.raises(ValueError, match="unknown generators"):
+        RoundConfig.from_yaml(p)
+    p.write_text("out: x\ndpo_variants: [{}, {beta: 0.2}]\naverage_weights: [1.0]\n")
+    with pytest.raises(ValueError, match="one weight per DPO variant"):
+        RoundConfig.from_yaml(p)
+    p.write_text("rounds: 2\n")
+    with pytest.raises(ValueError, match="'out'"):
+        RoundConfig.from_yaml(p)
+    assert RoundConfig.from_yaml(p, out="y", rounds=3).rounds == 3
+
+
+@pytest.mark.slow
+def test_full_round_on_the_embedded_model_and_resume(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"id": f"s{i}", "prompt": p}) + "\n" for i, p in enumerate(SEEDS)))
+    train = {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 256, "logging_steps": 1}
+    cfg = {
+        "out": str(tmp_path / "round"),
+        "generators": {"general": {"seeds": str(seeds), "k": 3, "max_tokens": 24, "top_fraction": 0.5}},
+        "rm": train,
+        "sample": {"k": 2, "max_tokens": 24, "top_fraction": 0.5},
+        "sft": train,
+        "dpo": {**train, "nll_weight": 0.2},
+        "dpo_variants": [{}, {"beta": 0.2}],
+    }
+    config = tmp_path / "round.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "pipelines.cli", "round", "--config", str(config)]
+    first = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=1200)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    here = tmp_path / "round" / "round_1"
+    assert sorted(p.stem for p in (here / ".done").iterdir()) == sorted(STEPS)
+    for d in ("preference_all", "sft", "preference_latest"):
+        assert (here / "data" / d / "README.md").exists()
+    assert json.loads((here / "rm" / "metrics.json").read_text())
+    assert "## rm" in (here / "ROUND.md").read_text()
+
+    # the round's model is the average of the two DPO variants, and it loads
+    model = AutoModelForCausalLM.from_pretrained(here / "model")
+    d0 = AutoModelForCausalLM.from_pretrained(here / "dpo_0").state_dict()
+    d1 = AutoModelForCausalLM.from_pretrained(here / "dpo_1").state_dict()
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert torch.allclose(
+        model.state_dict()[name].float(), (d0[name].float() + d1[name].float()) / 2, atol=1e-2
+    )
+    assert not torch.equal(d0[name], d1[name])  # two real variants, not one copied
+
+    second = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stderr.count("done earlier, skipped") == len(STEPS)
