@@ -1,0 +1,172 @@
+"""Unit tests: the model writes an assert-based test script for each candidate solution, and
+``build_test_script`` turns it into the program the sandbox runs next to ``solution.py``.
+
+The harness rule, in one place: the script starts with ``from solution import *``; top-level
+definitions that would shadow the solution's own names are removed (a test of a copy proves nothing);
+``test_*`` functions and ``unittest`` cases are called; every ``assert`` (and ``self.assert*``) is
+counted, and a script in which no assertion ran fails ('weak_tests') instead of passing vacuously.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, replace
+
+from synth.engines.base import Engine, SamplingParams
+from synth.records import SFTRecord
+from synth.stages.code.common import ask
+from synth.stages.code.extract import extract_code, fence
+
+TEMPLATE = "code_tests"
+NO_ASSERT_EXIT = 3
+NO_ASSERT_MESSAGE = "no assertion ran: the tests must assert on the solution's results"
+_SHOT_PROBLEM = "Write a function `add(a, b)` that returns the sum of two numbers."
+_SHOT_CODE = "def add(a, b):\n    return a + b\n"
+_SHOT_TESTS = "assert add(1, 2) == 3\nassert add(-1, 1) == 0\nassert add(2.5, 0.5) == 3.0\n"
+
+_PROLOGUE = """\
+from solution import *
+import sys as _synth_sys
+_synth_hits = [0]
+def _synth_hit():
+    _synth_hits[0] += 1
+"""
+_EPILOGUE = f"""
+def _synth_finish():
+    import inspect, unittest
+    for _name, _fn in list(globals().items()):
+        if _name.startswith("test") and inspect.isfunction(_fn) and _fn.__module__ == "__main__":
+            if not [p for p in inspect.signature(_fn).parameters.values() if p.default is p.empty]:
+                _fn()
+    _suite = unittest.defaultTestLoader.loadTestsFromModule(_synth_sys.modules["__main__"])
+    if _suite.countTestCases():
+        _result = unittest.TextTestRunner(stream=_synth_sys.stderr, verbosity=1).run(_suite)
+        if not _result.wasSuccessful():
+            _synth_sys.exit(1)
+    if _synth_hits[0] == 0:
+        print({NO_ASSERT_MESSAGE!r}, file=_synth_sys.stderr)
+        _synth_sys.exit({NO_ASSERT_EXIT})
+_synth_finish()
+"""
+
+
+def tests_prompt(problem: str, code: str) -> list[dict[str, str]]:
+    def turn(p: str, c: str) -> str:
+        return (
+            f"Problem:\n{p}\n\nSolution:\n{fence(c)}\n\nWrite tests for this solution: a Python script of "
+            "assert statements that call its functions on example inputs and check the results. The "
+            "solution's functions are already imported. Reply with one ```python block."
+        )
+
+    return [
+        {"role": "user", "content": turn(_SHOT_PROBLEM, _SHOT_CODE)},
+        {"role": "assistant", "content": fence(_SHOT_TESTS)},
+        {"role": "user", "content": turn(problem, code)},
+    ]
+
+
+def defined_names(code: str) -> set[str]:
+    """Top-level functions, classes and assigned names of a solution (empty if it does not parse)."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return set()
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return names
+
+
+class _Count(ast.NodeTransformer):
+    """Put a hit counter before every assert statement and every ``x.assert*(...)`` call statement."""
+
+    def generic_visit(self, node: ast.AST) -> ast.AST:
+        super().generic_visit(node)
+        for fld in ("body", "orelse", "finalbody", "handlers"):
+            stmts = getattr(node, fld, None)
+            if isinstance(stmts, list) and stmts and isinstance(stmts[0], ast.stmt):
+                new: list[ast.stmt] = []
+                for s in stmts:
+                    if _is_assertion(s):
+                        new.append(ast.Expr(ast.Call(ast.Name("_synth_hit", ast.Load()), [], [])))
+                    new.append(s)
+                setattr(node, fld, new)
+        return node
+
+
+def _is_assertion(s: ast.stmt) -> bool:
+    if isinstance(s, ast.Assert):
+        return True
+    return (
+        isinstance(s, ast.Expr)
+        and isinstance(s.value, ast.Call)
+        and isinstance(s.value.func, ast.Attribute)
+        and s.value.func.attr.startswith("assert")
+    )
+
+
+def _is_unittest_main(s: ast.stmt) -> bool:
+    return (
+        isinstance(s, ast.Expr)
+        and isinstance(s.value, ast.Call)
+        and isinstance(s.value.func, ast.Attribute)
+        and s.value.func.attr == "main"
+        and isinstance(s.value.func.value, ast.Name)
+        and s.value.func.value.id == "unittest"
+    )
+
+
+def build_test_script(tests: str, code: str) -> tuple[str | None, str | None, str]:
+    """(script, None, "") or (None, reason, feedback) for a test script that cannot be run."""
+    try:
+        tree = ast.parse(tests)
+    except (SyntaxError, ValueError) as e:
+        line = getattr(e, "lineno", None)
+        return (
+            None,
+            "tests_syntax_error",
+            f"test_solution.py line {line}: SyntaxError: {getattr(e, 'msg', e)}",
+        )
+    own = defined_names(code)
+    body = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and node.name in own:
+            continue  # shadows the solution: test the real one
+        if isinstance(node, ast.ImportFrom) and node.module == "solution":
+            continue
+        if _is_unittest_main(node):
+            continue
+        if isinstance(node, ast.If) and any(_is_unittest_main(s) for s in node.body):
+            node.body = [s for s in node.body if not _is_unittest_main(s)] or [ast.Pass()]
+        body.append(node)
+    tree.body = body
+    if not any(_is_assertion(s) for s in ast.walk(tree) if isinstance(s, ast.stmt)):
+        return None, "weak_tests", "The tests contain no assert statement."
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    if own and not used & own:
+        return None, "weak_tests", f"The tests never call the solution (it defines {', '.join(sorted(own))})."
+    tree = ast.fix_missing_locations(_Count().visit(tree))
+    return _PROLOGUE + ast.unparse(tree) + "\n" + _EPILOGUE, None, ""
+
+
+@dataclass
+class WriteTests:
+    """One test script per candidate that has code (written from the problem and that code)."""
+
+    engine: Engine
+    sampling: SamplingParams
+    stage: str = "write_tests"
+
+    def __call__(self, candidates: list[SFTRecord]) -> list[SFTRecord]:
+        todo = [c for c in candidates if c.meta.get("code")]
+        sampling = replace(self.sampling, n=1)
+        replies = ask(self.engine, [tests_prompt(c.meta["problem"], c.meta["code"]) for c in todo], sampling)
+        for cand, comps in zip(todo, replies, strict=True):
+            cand.meta["tests"] = extract_code(comps[0].text)
+            cand.meta["tests_reply"] = comps[0].text
+        for cand in candidates:
+            cand.keep(self.stage)
+        return candidates
