@@ -85,7 +85,7 @@ def _run_code(opts: dict[str, Any], out: Path, policy: str | None, cfg: RoundCon
     from synth.generators.code import CodeConfig, run_code
 
     run = run_code(CodeConfig(out=str(out), engine=cfg.engine, model=policy, base_url=cfg.base_url,
-                              seed=cfg.seed + rnd, **opts))  # fmt: skip
+                              seed=cfg.seed + rnd, round=rnd, **opts))  # fmt: skip
     run.close()
     return out
 
