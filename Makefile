@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo demo-code demo-round test lint install clean
 
 $(STAMP): pyproject.toml
 	# sandbox tools (bubblewrap isolates generated code; php-cli is a sandbox language)
@@ -25,6 +25,14 @@ demo: $(STAMP)
 	$(BIN)/synth run general --seeds pipelines/data/general_seeds.jsonl --out runs/demo --k 4 --max-tokens 128
 	$(BIN)/synth stats runs/demo
 	$(BIN)/synth export runs/demo --to runs/demo/dataset
+
+# the other generators and a whole training round, on the embedded model (minutes each on 2 cores)
+demo-code: $(STAMP)
+	$(BIN)/synth run code --out runs/code --k 2 --problems-per-snippet 1 --max-tokens 256 --repair-rounds 1
+	$(BIN)/synth stats runs/code
+
+demo-round: $(STAMP)
+	$(BIN)/synth round --config pipelines/configs/round_demo.yaml --out runs/round
 
 test: $(STAMP)
 	$(BIN)/ruff check .
