@@ -93,3 +93,22 @@ def test_stages_get_copies_so_later_stages_see_stored_rows(tmp_path):
     run.apply("b", first, reject_all)
     assert all(r.kept for r in first)  # "b" did not change "a"'s rows
     assert [r.kept for r in run.apply("c", first, lambda b: b)] == [True] * 3
+
+
+def test_general_pipeline_quarantines_bad_seeds_and_shows_them(tmp_path, scripted_engine):
+    """Control flow of `synth run general` with a scripted engine (the real model runs in
+    test_general_pipeline.py): bad rows quarantined, the funnel and the summary list them."""
+    from synth.generators.general import GeneralConfig, run_general
+    from synth.stats import summarize
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text('{"prompt": "a"}\n{"prompt": 3}\nnot json\n{"prompt": "b"}\n')
+    cfg = GeneralConfig(seeds=str(seeds), out=str(tmp_path / "run"), k=2, skip_invalid=True)
+    run = run_general(cfg, engine=scripted_engine)
+    s = summarize(run.store)
+    assert [(q["line"], q["field"]) for q in s["quarantine"]] == [(2, "messages.0.content"), (3, "<json>")]
+    assert s["funnel"][0]["stage"] == "validate (quarantine)" and s["funnel"][0]["rejected"] == 2
+    seeds_stage = next(f for f in s["funnel"] if f["stage"] == "seeds")
+    assert seeds_stage["kept"] == 2
+    gen = next(f for f in s["funnel"] if f["stage"] == "generate")
+    assert gen["kept"] == 4  # 2 prompts x k=2

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from synth.engines import SamplingParams, get_engine
+from synth.engines import Engine, SamplingParams, get_engine
 from synth.io import check_unique_ids, read_records, seed_to_record
 from synth.pipeline import CachedEngine, Run, kept
 from synth.stages.cleaning import clean
@@ -41,7 +41,8 @@ class GeneralConfig:
     engine_kwargs: dict = field(default_factory=dict)
 
 
-def run_general(cfg: GeneralConfig) -> Run:
+def run_general(cfg: GeneralConfig, engine: Engine | None = None) -> Run:
+    """Run (or resume) the pipeline; ``engine`` replaces the configured one (tests, embedding)."""
     run = Run(cfg.out, config={k: v for k, v in asdict(cfg).items() if k != "engine_kwargs"})
     run.store.set_meta("outputs", {"sft": "top_quartile", "preference": "preference_pairs"})
     run.store.set_meta("capability", CAPABILITY)
@@ -61,7 +62,7 @@ def run_general(cfg: GeneralConfig) -> Run:
 
     # 2. K responses per prompt
     engine = CachedEngine(
-        get_engine(cfg.engine, cfg.model, base_url=cfg.base_url, **cfg.engine_kwargs), run.store
+        engine or get_engine(cfg.engine, cfg.model, base_url=cfg.base_url, **cfg.engine_kwargs), run.store
     )
     sampling = SamplingParams(
         n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed
