@@ -243,7 +243,7 @@ def _sample(prompts: Path, policy: str | None, rm_dir: Path, out: Path, cfg: Rou
     opts = {"k": 4, "top_fraction": 0.25, **cfg.sample}
     sample_cfg = SampleConfig(
         prompts=str(prompts),
-        policy=policy,
+        model=policy,
         reward_model=str(rm_dir),
         out=str(out),
         engine=cfg.engine,

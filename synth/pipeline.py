@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from synth.engines.base import Completion, Engine, Request, SamplingParams
+from synth.io import BadRow
 from synth.records import Record, stable_id
 from synth.store import Store, cache_key
 
@@ -95,6 +96,10 @@ class Run:
 
     def close(self) -> None:
         self.store.close()
+
+    def quarantine(self, bad: BadRow) -> None:
+        """Keep a malformed input row (``--skip-invalid``) in the store, with where and why."""
+        self.store.quarantine(bad.path, bad.line, bad.field, bad.error, bad.raw)
 
     def log(self, event: str, **fields: Any) -> None:
         """Append to events.jsonl (flushed + fsynced: tests and tools follow a run through it)."""

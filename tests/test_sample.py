@@ -275,7 +275,7 @@ def test_cli_on_a_tiny_policy(prompts_file, rm_dir, tok, tmp_path):
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     store = Store(out, read_only=True)
     config = store.get_meta("config")
-    assert (config["k"], config["policy"], config["top_fraction"]) == (2, str(policy), 0.5)
+    assert (config["k"], config["model"], config["top_fraction"]) == (2, str(policy), 0.5)
     samples = store.records("sample")
     assert len(samples) == 6 and {r.provenance.engine for r in samples} == {"hf"}
     assert store.get_meta("outputs")["sft"] == "top_quartile"

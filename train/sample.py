@@ -24,14 +24,14 @@ from __future__ import annotations
 import gc
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from synth.engines import SamplingParams, get_engine
 from synth.engines.base import Engine
+from synth.generators.base import GenerationConfig
 from synth.io import check_unique_ids, read_records, seed_to_record
-from synth.pipeline import CachedEngine, Run, kept
+from synth.pipeline import Run, kept
 from synth.records import Message, Provenance, SFTRecord, stable_id
 from synth.stages.generate import Respond
 from synth.stages.reward import RewardModel, RewardScorer, Scores, record_prompt
@@ -43,28 +43,18 @@ SCORE = "rm"
 TEMPLATE = "rejection_sampling"
 
 
-@dataclass
-class SampleConfig:
+@dataclass(kw_only=True)
+class SampleConfig(GenerationConfig):
+    """``model`` is the policy that samples (path / served name; None: the embedded model)."""
+
     prompts: str  # JSONL of prompts or an exported dataset folder
     reward_model: str  # folder saved by `synth train rm`
-    out: str  # run directory
-    policy: str | None = None  # model path / served name; None: the embedded model
-    engine: str = "hf"
-    base_url: str | None = None
-    k: int = 4
-    max_tokens: int = 256
-    temperature: float = 0.8
     top_p: float = 1.0
-    seed: int = 0
-    batch_size: int = 8  # prompts per committed batch
     top_fraction: float | None = None  # keep prompts whose best reward is in this top fraction
     keep_best_across_rounds: str | None = None  # previous rounds' best rows
-    round: int = 0
     capability: str = "general"  # for prompts that do not name one
     rm_batch_size: int = 8
     rm_max_length: int = 1024
-    skip_invalid: bool = False
-    engine_kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -236,14 +226,13 @@ def best_across_rounds(
 def run_sample(cfg: SampleConfig, *, engine: Engine | None = None, reward_model: Scores | None = None) -> Run:
     """Run (or resume) rejection sampling into ``cfg.out``. ``engine`` / ``reward_model`` replace the
     ones the config names (tests, or a caller that holds them already)."""
-    config = {k: v for k, v in asdict(cfg).items() if k != "engine_kwargs"}
     if reward_model is None and not (Path(cfg.reward_model) / "config.json").is_file():
         raise FileNotFoundError(
             f"reward model not found: {cfg.reward_model} (a folder from `synth train rm`)"
         )
     previous = load_previous(cfg.keep_best_across_rounds) if cfg.keep_best_across_rounds else None
 
-    run = Run(cfg.out, config=config)
+    run = cfg.open_run()
     try:
         _pipeline(run, cfg, previous, engine, reward_model)
     except BaseException:
@@ -265,23 +254,16 @@ def _pipeline(
     run.store.set_meta("capability", CAPABILITY)
 
     # 1. prompts, validated at the boundary
-    def quarantine(bad):
-        run.store.quarantine(bad.path, bad.line, bad.field, bad.error, bad.raw)
-
-    loaded = load_prompts(cfg.prompts, cfg.capability, skip_invalid=cfg.skip_invalid, on_bad=quarantine)
-    prompts = run.apply("prompts", loaded, lambda batch: [r.model_copy(deep=True) for r in batch])
+    loaded = load_prompts(cfg.prompts, cfg.capability, skip_invalid=cfg.skip_invalid, on_bad=run.quarantine)
+    prompts = run.apply("prompts", loaded, lambda batch: batch)
 
     # 2. K samples per prompt from the policy (loaded only when a batch still needs it)
-    sampling = SamplingParams(
-        n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed
-    )
     held: dict[str, Any] = {}
 
     def sample(batch: list[SFTRecord]) -> list[SFTRecord]:
         if "respond" not in held:
-            inner = engine or get_engine(cfg.engine, cfg.policy, base_url=cfg.base_url, **cfg.engine_kwargs)
             held["respond"] = _Respond(
-                CachedEngine(inner, run.store), sampling, capability=cfg.capability,
+                cfg.cached_engine(run, engine), cfg.sampling(), capability=cfg.capability,
                 template=TEMPLATE, round=cfg.round,
             )  # fmt: skip
         return held["respond"](batch)

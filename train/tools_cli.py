@@ -93,7 +93,7 @@ def sample(
             prompts=str(prompts),
             reward_model=str(reward_model),
             out=str(out),
-            policy=policy,
+            model=policy,
             engine=engine,
             base_url=base_url,
             k=k,

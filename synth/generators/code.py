@@ -9,12 +9,13 @@ shows how many candidates passed in each round: ``execute_round0`` kept = passed
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sandboxes import Limits
-from synth.engines import Engine, SamplingParams, get_engine
-from synth.pipeline import CachedEngine, Run, kept
+from synth.engines import Engine
+from synth.generators.base import GenerationConfig
+from synth.pipeline import Run, kept
 from synth.stages.code.backtranslate import Document, FaithfulnessJudge, Regenerate, source_record
 from synth.stages.code.common import CAPABILITY, Sandbox
 from synth.stages.code.execute import NOT_REPAIRABLE, Execute
@@ -28,20 +29,12 @@ from synth.stages.code.unittests import WriteTests
 DEFAULT_CORPUS = str(Path(__file__).resolve().parents[2] / "pipelines" / "data" / "code_corpus")
 
 
-@dataclass
-class CodeConfig:
-    out: str
+@dataclass(kw_only=True)
+class CodeConfig(GenerationConfig):
     corpus: str = DEFAULT_CORPUS
-    engine: str = "hf"
-    model: str | None = None
-    base_url: str | None = None
     k: int = 2  # solutions sampled per problem
     problems_per_snippet: int = 2
     max_tokens: int = 384
-    temperature: float = 0.8
-    top_p: float = 0.95
-    seed: int = 0
-    batch_size: int = 8  # items per committed batch
     repair_rounds: int = 2
     languages: list[str] = field(default_factory=lambda: ["javascript", "php"])
     backend: str = "local"  # sandbox backend: local (bubblewrap) | docker
@@ -51,8 +44,6 @@ class CodeConfig:
     backtranslate_corpus: bool = True  # document the corpus files too, not only passing solutions
     bt_threshold: float = 7.0  # keep documentation whose backtranslation scores at least this (1-10)
     judge_max_tokens: int = 32
-    round: int = 0
-    engine_kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = [lang for lang in self.languages if lang not in LANGUAGES]
@@ -70,26 +61,18 @@ def run_code(cfg: CodeConfig, engine: Engine | None = None) -> Run:
         limits=Limits(timeout_s=cfg.timeout_s, memory_mb=cfg.memory_mb),
     )
     sandbox.check()  # no isolation here: stop before any work, not with every program failing
-    run = Run(cfg.out, config={k: v for k, v in asdict(cfg).items() if k != "engine_kwargs"})
+    run = cfg.open_run()
     run.store.set_meta("outputs", {"sft": "collect_sft", "preference": "preference_pairs"})
     run.store.set_meta("capability", CAPABILITY)
-    snippets = run.apply(
-        "snippets", read_corpus(cfg.corpus), lambda batch: [r.model_copy(deep=True) for r in batch]
-    )
+    snippets = run.apply("snippets", read_corpus(cfg.corpus), lambda batch: batch)
 
-    engine = CachedEngine(
-        engine or get_engine(cfg.engine, cfg.model, base_url=cfg.base_url, **cfg.engine_kwargs), run.store
-    )
-    sampling = SamplingParams(
-        n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed
-    )
-    one = SamplingParams(
-        n=1, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed
-    )
+    engine = cfg.cached_engine(run, engine)
+    sampling = cfg.sampling()
+    one = cfg.sampling(n=1)
     bs = cfg.batch_size
 
     # 1. problems inspired by snippets, 2. K solutions each, 3. a unit-test script per solution
-    problems_sampling = replace(one, n=cfg.problems_per_snippet)
+    problems_sampling = cfg.sampling(n=cfg.problems_per_snippet)
     problems = run.map_batches(
         "write_problems", snippets, WriteProblems(engine, problems_sampling), batch_size=bs
     )

@@ -6,12 +6,13 @@ Reads top to bottom, one stage per step; each stage's rule lives in ``synth.stag
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from synth.engines import Engine, SamplingParams, get_engine
+from synth.engines import Engine
+from synth.generators.base import GenerationConfig
 from synth.io import check_unique_ids, read_records, seed_to_record
-from synth.pipeline import CachedEngine, Run, kept
+from synth.pipeline import Run, kept
 from synth.stages.cleaning import clean
 from synth.stages.generate import Respond
 from synth.stages.judge import LLMJudge
@@ -21,53 +22,32 @@ CAPABILITY = "general"
 SCORE = "judge"
 
 
-@dataclass
-class GeneralConfig:
-    seeds: str
-    out: str
-    engine: str = "hf"
-    model: str | None = None
-    base_url: str | None = None
-    k: int = 4
-    max_tokens: int = 256
-    temperature: float = 0.8
-    top_p: float = 0.95
-    seed: int = 0
-    batch_size: int = 8  # prompts per committed batch
-    top_fraction: float = 0.25
+@dataclass(kw_only=True)
+class GeneralConfig(GenerationConfig):
+    seeds: str  # JSONL of prompts
+    top_fraction: float = 0.25  # keep prompts whose best score is in this top fraction
     judge_max_tokens: int = 64
-    round: int = 0
-    skip_invalid: bool = False
-    engine_kwargs: dict = field(default_factory=dict)
 
 
 def run_general(cfg: GeneralConfig, engine: Engine | None = None) -> Run:
     """Run (or resume) the pipeline; ``engine`` replaces the configured one (tests, embedding)."""
-    run = Run(cfg.out, config={k: v for k, v in asdict(cfg).items() if k != "engine_kwargs"})
+    run = cfg.open_run()
     run.store.set_meta("outputs", {"sft": "top_quartile", "preference": "preference_pairs"})
     run.store.set_meta("capability", CAPABILITY)
 
     # 1. seeds, validated at the boundary (bad rows stop the run or go to quarantine)
-    def quarantine(bad):
-        run.store.quarantine(bad.path, bad.line, bad.field, bad.error, bad.raw)
-
     seeds = read_records(
         cfg.seeds,
         lambda d: seed_to_record(d, CAPABILITY, Path(cfg.seeds).name),
         skip_invalid=cfg.skip_invalid,
-        on_bad=quarantine,
+        on_bad=run.quarantine,
     )
     check_unique_ids(seeds, cfg.seeds)
-    prompts = run.apply("seeds", seeds, lambda batch: [r.model_copy(deep=True) for r in batch])
+    prompts = run.apply("seeds", seeds, lambda batch: batch)
 
     # 2. K responses per prompt
-    engine = CachedEngine(
-        engine or get_engine(cfg.engine, cfg.model, base_url=cfg.base_url, **cfg.engine_kwargs), run.store
-    )
-    sampling = SamplingParams(
-        n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed
-    )
-    respond = Respond(engine, sampling, capability=CAPABILITY, round=cfg.round)
+    engine = cfg.cached_engine(run, engine)
+    respond = Respond(engine, cfg.sampling(), capability=CAPABILITY, round=cfg.round)
     candidates = run.map_batches("generate", prompts, respond, batch_size=cfg.batch_size)
 
     # 3. rule cleaning, 4. judge score, 5. best of K, 6. top quartile of the best
