@@ -14,8 +14,7 @@ from typing import Annotated
 
 import typer
 
-from train.config import DPOConfig, RMConfig, SFTConfig
-from train.data import DatasetError
+# torch, transformers and datasets load inside the commands: `synth --help` stays fast
 
 app = typer.Typer(help="Train a reward model, SFT or DPO policy on exported synth data.")
 
@@ -52,6 +51,8 @@ def _common(out, epochs, lr, batch_size, grad_accum, max_length, max_steps, ckpt
 
 
 def _run(recipe, data: Path, args, model: str) -> None:
+    from train.data import DatasetError
+
     try:
         recipe(str(data), args, model)
     except DatasetError as err:
@@ -85,6 +86,8 @@ def rm(
     common = _common(out, epochs, lr, batch_size, grad_accum, max_length, max_steps,
                      gradient_checkpointing, deepspeed, logging_steps, seed)  # fmt: skip
     drop = () if keep_marginal else ("marginally_better",)
+    from train.config import RMConfig
+
     args = RMConfig(**common, use_margin=margin, concat_responses=concat, drop_strengths=drop)
     _run(recipe.run, data, args, model)
 
@@ -110,6 +113,8 @@ def sft(
 
     common = _common(out, epochs, lr, batch_size, grad_accum, max_length, max_steps,
                      gradient_checkpointing, deepspeed, logging_steps, seed)  # fmt: skip
+    from train.config import SFTConfig
+
     _run(recipe.run, data, SFTConfig(**common), model)
 
 
@@ -138,6 +143,8 @@ def dpo(
     common = _common(out, epochs, lr, batch_size, grad_accum, max_length, max_steps,
                      gradient_checkpointing, deepspeed, logging_steps, seed)  # fmt: skip
     drop = () if keep_marginal else ("marginally_better",)
+    from train.config import DPOConfig
+
     args = DPOConfig(**common, beta=beta, nll_weight=nll_weight, drop_strengths=drop)
     _run(recipe.run, data, args, model)
 
