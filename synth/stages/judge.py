@@ -76,6 +76,35 @@ def expected_score(logprobs: dict[str, float]) -> float:
 
 
 @dataclass
+class Judgement:
+    score: float | None  # None: the reply held no score and the engine gives no distribution
+    text_score: float | None  # the number the judge wrote, if any
+    rationale: str
+    reply: str
+
+
+def judge(
+    engine: Engine, requests: list[Request], max_tokens: int, use_logprobs: bool = True
+) -> list[Judgement]:
+    """A greedy reply per judge prompt, scored by the expectation over "Score: 1..10" where the
+    engine offers ``choice_logprobs``, else by the number the reply holds. Every LLM judge uses this."""
+    if not requests:
+        return []
+    sampling = SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens)
+    replies = [c[0].text for c in engine.generate(requests, sampling)]
+    dists: list[dict[str, float] | None] = [None] * len(requests)
+    if use_logprobs and _has_choice_logprobs(engine):
+        dists = engine.choice_logprobs(requests, "Score:", list(SCORE_CHOICES))
+    out = []
+    for reply, dist in zip(replies, dists, strict=True):
+        parsed = parse_judgement(reply)
+        text_score, rationale = parsed if parsed else (None, reply.strip())
+        score = round(expected_score(dist), 4) if dist is not None else text_score
+        out.append(Judgement(score, text_score, rationale, reply))
+    return out
+
+
+@dataclass
 class LLMJudge:
     engine: Engine
     name: str = "judge"
@@ -85,23 +114,16 @@ class LLMJudge:
 
     def __call__(self, records: list[SFTRecord]) -> list[SFTRecord]:
         requests = [Request.chat(judge_messages(_question(r), r.response or "")) for r in records]
-        sampling = SamplingParams(n=1, temperature=0.0, max_tokens=self.max_tokens)
-        replies = [c[0].text for c in self.engine.generate(requests, sampling)]
-        dists: list[dict[str, float] | None] = [None] * len(records)
-        if self.use_logprobs and _has_choice_logprobs(self.engine):
-            dists = self.engine.choice_logprobs(requests, "Score:", list(SCORE_CHOICES))
-        for rec, reply, dist in zip(records, replies, dists, strict=True):
-            parsed = parse_judgement(reply)
-            rec.meta["judge_reply"] = reply
-            if dist is not None:
-                rec.scores[self.name] = round(expected_score(dist), 4)
-                rec.meta["judge_text_score"] = parsed[0] if parsed else None
-                rec.meta["judge_rationale"] = parsed[1] if parsed else reply.strip()
-            elif parsed is not None:
-                rec.scores[self.name], rec.meta["judge_rationale"] = parsed
-            else:
+        for rec, j in zip(
+            records, judge(self.engine, requests, self.max_tokens, self.use_logprobs), strict=True
+        ):
+            rec.meta["judge_reply"] = j.reply
+            if j.score is None:
                 rec.reject(self.stage, "judge_unparseable")
                 continue
+            rec.scores[self.name] = j.score
+            rec.meta["judge_text_score"] = j.text_score
+            rec.meta["judge_rationale"] = j.rationale
             rec.keep(self.stage)
         return records
 

@@ -18,7 +18,7 @@ from synth.engines.base import Engine, Request, SamplingParams
 from synth.records import Message, SFTRecord
 from synth.stages.code.common import ask, cut_to_sentence, provenance
 from synth.stages.code.extract import extract_code, fence, fenced_blocks
-from synth.stages.judge import SCORE_CHOICES, expected_score, parse_judgement
+from synth.stages.judge import judge
 
 TEMPLATE = "code_backtranslate"
 MAX_CODE_CHARS = 3000
@@ -155,30 +155,13 @@ class FaithfulnessJudge:
 
     def __call__(self, records: list[SFTRecord]) -> list[SFTRecord]:
         requests = [Request.chat(judge_messages(r.meta["code"], r.meta["regenerated"])) for r in records]
-        if not requests:
-            return records
-        replies = [
-            c[0].text
-            for c in self.engine.generate(
-                requests, SamplingParams(n=1, temperature=0.0, max_tokens=self.max_tokens)
-            )
-        ]
-        dists: list[dict[str, float] | None] = [None] * len(records)
-        probe = getattr(self.engine, "supports_choice_logprobs", None)
-        if callable(getattr(self.engine, "choice_logprobs", None)) and (probe() if callable(probe) else True):
-            dists = self.engine.choice_logprobs(requests, "Score:", list(SCORE_CHOICES))
-        for rec, reply, dist in zip(records, replies, dists, strict=True):
-            parsed = parse_judgement(reply)
-            rec.meta["judge_reply"] = reply
-            if dist is not None:
-                score = round(expected_score(dist), 4)
-            elif parsed is not None:
-                score = parsed[0]
-            else:
+        for rec, j in zip(records, judge(self.engine, requests, self.max_tokens), strict=True):
+            rec.meta["judge_reply"] = j.reply
+            if j.score is None:
                 rec.reject(self.stage, "judge_unparseable")
                 continue
-            rec.scores[self.name] = score
-            if score >= self.threshold:
+            rec.scores[self.name] = j.score
+            if j.score >= self.threshold:
                 rec.keep(self.stage)
             else:
                 rec.reject(self.stage, "below_threshold")
