@@ -33,7 +33,7 @@ from train.chat import encode
 from train.common import console, load_tokenizer, pin_tensorboard_dir, write_metrics
 from train.config import DPOConfig
 from train.data import DatasetError, keep_strengths, load_splits, validate_preference
-from train.losses import dpo_loss, length_normalised_nll, token_logps_at
+from train.losses import dpo_loss, length_normalised_nll, packed_target_logps
 from train.packing import pack
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -66,21 +66,11 @@ class DPOCollator:
 
 
 def pair_logps(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Summed masked log-probs and token counts of chosen and rejected, one forward.
-
-    ``logits_to_keep`` projects onto the vocabulary only at positions that predict a target
-    token: prompts, headers and end-of-turn tokens never reach the (largest) LM-head matmul.
-    """
-    ids, segments = batch["input_ids"][0], batch["segments"][0]
+    """Summed masked log-probs and token counts of chosen and rejected, one forward."""
+    segments = batch["segments"][0]
     n = int(segments.max()) + 1
     targets = torch.nonzero(batch["mask"][0]).squeeze(-1)  # never 0: pack() masks firsts
-    logits = model(
-        input_ids=batch["input_ids"],
-        position_ids=batch["position_ids"],
-        use_cache=False,
-        logits_to_keep=targets - 1,
-    ).logits[0]
-    logps = token_logps_at(logits, ids[targets])
+    logps = packed_target_logps(model, batch["input_ids"], batch["position_ids"], targets)
     seg = segments[targets]
     sums = logps.new_zeros(n).index_add(0, seg, logps)
     counts = torch.bincount(seg, minlength=n).to(logps.dtype)

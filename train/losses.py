@@ -33,6 +33,20 @@ def token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     return token_logps_at(logits[..., :-1, :], input_ids[..., 1:])
 
 
+def packed_target_logps(
+    model, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """log p of each target token of one packed row (``targets``: their positions, never 0).
+
+    ``logits_to_keep`` projects onto the vocabulary only at the positions that predict a target:
+    prompts, headers and end-of-turn tokens never reach the (largest) LM-head matmul.
+    """
+    logits = model(
+        input_ids=input_ids, position_ids=position_ids, use_cache=False, logits_to_keep=targets - 1
+    ).logits[0]
+    return token_logps_at(logits, input_ids[0, targets])
+
+
 def segment_logps(
     logits: torch.Tensor,
     input_ids: torch.Tensor,
