@@ -179,13 +179,14 @@ def stats(
         store = Store(run_dir, read_only=True)
     except FileNotFoundError as e:
         _fail(str(e))
-    summary = summarize(store)
+    values = score_values(store)  # every row of every stage: read once
+    summary = summarize(store, values)
     if as_json:
         print(json.dumps(summary, indent=2, default=str))
     else:
         _print_funnel(store, summary)
         out = Console()
-        for name, vs in sorted(score_values(store).items()):
+        for name, vs in sorted(values.items()):
             s = summary["score_stats"][name]
             t = Table(
                 title=f"score '{name}': n={s['n']} min={s['min']:g} median={s['median']:g} "
@@ -209,7 +210,7 @@ def stats(
             f"engine cache entries: {summary['engine_cache_entries']}"
         )
     if plot:
-        plot_scores(store, str(plot))
+        plot_scores(store, str(plot), values)
         console.print(f"wrote {plot}")
     store.close()
 

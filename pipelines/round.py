@@ -111,8 +111,6 @@ def run_rounds(cfg: RoundConfig) -> list[Path]:
 
 
 def run_round(cfg: RoundConfig, rnd: int, policy: str | None) -> Path:
-    from synth.export import export_dataset
-
     root = Path(cfg.out)
     here = root / f"round_{rnd}"
     step = _Steps(here)
@@ -126,9 +124,12 @@ def run_round(cfg: RoundConfig, rnd: int, policy: str | None) -> Path:
         step(f"generate_{name}", lambda n=name, o=opts, d=out: GENERATORS[n](o, d, policy, cfg, rnd))
 
     # 2. reward model on all preference data so far (every round's generators)
-    all_pref = [r for k in range(1, rnd + 1) for r in _round_records(root / f"round_{k}", "preference", k)]
+    # (rows are read inside the steps: a resumed round past them reads no store)
     pref_all_dir = here / "data" / "preference_all"
-    step("data_preference_all", lambda: export_dataset([], all_pref, pref_all_dir, _summary("all", all_pref)))
+    step("data_preference_all", lambda: _export_rows(
+        [r for k in range(1, rnd + 1) for r in _round_records(root / f"round_{k}", "preference", k)],
+        "preference", pref_all_dir,
+    ))  # fmt: skip
     rm_dir = here / "rm"
     # initialised from the starting checkpoint every round (Llama 3), not from the last policy
     step("train_rm", lambda: _train("rm", pref_all_dir, rm_dir, cfg.model, cfg.rm, cfg.seed))
@@ -140,16 +141,19 @@ def run_round(cfg: RoundConfig, rnd: int, policy: str | None) -> Path:
     step("rejection_sample", lambda: _sample(prompts_file, policy, rm_dir, rs_dir, cfg, rnd))
 
     # 4. SFT on the RS rows plus the generators' SFT rows, from the current policy
-    sft_rows = _records_of(rs_dir, "sft", f"r{rnd}-rs") + _round_records(here, "sft", rnd)
     sft_data = here / "data" / "sft"
-    step("data_sft", lambda: export_dataset(sft_rows, [], sft_data, _summary("sft", sft_rows)))
+    step("data_sft", lambda: _export_rows(
+        _records_of(rs_dir, "sft", f"r{rnd}-rs") + _round_records(here, "sft", rnd), "sft", sft_data
+    ))  # fmt: skip
     sft_dir = here / "sft"
     step("train_sft", lambda: _train("sft", sft_data, sft_dir, policy, cfg.sft, cfg.seed))
 
     # 5. DPO on the latest preference batch (this round's generators + RS best-vs-worst)
-    latest = _round_records(here, "preference", rnd) + _records_of(rs_dir, "preference", f"r{rnd}-rs")
     pref_data = here / "data" / "preference_latest"
-    step("data_preference_latest", lambda: export_dataset([], latest, pref_data, _summary("latest", latest)))
+    step("data_preference_latest", lambda: _export_rows(
+        _round_records(here, "preference", rnd) + _records_of(rs_dir, "preference", f"r{rnd}-rs"),
+        "preference", pref_data,
+    ))  # fmt: skip
     dpo_dirs = []
     for i, variant in enumerate(cfg.dpo_variants):
         d = here / f"dpo_{i}"
@@ -202,9 +206,20 @@ def _records_of(run_dir: Path, kind: str, prefix: str) -> list[Record]:
     return [r.model_copy(update={"id": f"{prefix}-{r.id}"}) for r in rows]
 
 
-def _summary(name: str, records: list[Record]) -> dict[str, Any]:
-    models = sorted({r.provenance.model for r in records if r.provenance and r.provenance.model})
-    return {"name": name, "funnel": [], "models": models, "engines": [], "templates": {}, "sampling": {}}
+def _export_rows(rows: list[Record], kind: str, out: Path) -> None:
+    """A round's merged dataset (rows from several runs), with its data card."""
+    from synth.export import export_dataset
+
+    models = sorted({r.provenance.model for r in rows if r.provenance and r.provenance.model})
+    summary = {
+        "name": out.name,
+        "funnel": [],
+        "models": models,
+        "engines": [],
+        "templates": {},
+        "sampling": {},
+    }
+    export_dataset(rows if kind == "sft" else [], rows if kind == "preference" else [], out, summary)
 
 
 def _write_prompts(runs, path: Path) -> None:

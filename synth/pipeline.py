@@ -60,8 +60,8 @@ class CachedEngine:
         self, requests: list[Request], prefix: str, choices: list[str]
     ) -> list[dict[str, float]]:
         """Cached like ``generate``: the choice distribution is stored as one pseudo-completion."""
-        marker = SamplingParams(n=1, temperature=0.0, max_tokens=1, stop=("choices", prefix, *choices))
-        keys = [cache_key(self.model, r, marker) for r in requests]
+        params = {"call": "choice_logprobs", "prefix": prefix, "choices": list(choices)}
+        keys = [cache_key(self.model, r, params) for r in requests]
         found = self.store.cache_get(keys)
         todo = [i for i, k in enumerate(keys) if k not in found]
         if todo:
@@ -146,8 +146,8 @@ class Run:
 
 
 def _resumable(config: dict[str, Any]) -> dict[str, Any]:
-    # options that change no row (progress, batch size of the engine...) may differ on resume
-    return {k: v for k, v in config.items() if k not in {"skip_invalid", "engine_batch_size"}}
+    # --skip-invalid changes no row that a run without it would write (that run stops instead)
+    return {k: v for k, v in config.items() if k != "skip_invalid"}
 
 
 class _progress:

@@ -21,18 +21,18 @@ def output_records(store: Store) -> tuple[list[Record], list[Record]]:
 def score_values(store: Store) -> dict[str, list[float]]:
     """Every score written by any stage, for distributions and plots (last write per row wins)."""
     latest: dict[tuple[str, str], float] = {}
-    for stage in [f["stage"] for f in store.funnel()]:
-        for r in store.records(stage):
-            for name, v in r.scores.items():
-                latest[(r.id, name)] = v
+    for r in store.records_in_run_order():
+        for name, v in r.scores.items():
+            latest[(r.id, name)] = v
     out: dict[str, list[float]] = {}
     for (_, name), v in latest.items():
         out.setdefault(name, []).append(v)
     return out
 
 
-def summarize(store: Store) -> dict[str, Any]:
-    """Everything a data card or `synth stats` shows about a run."""
+def summarize(store: Store, values: dict[str, list[float]] | None = None) -> dict[str, Any]:
+    """Everything a data card or `synth stats` shows about a run (``values``: score_values(store),
+    when the caller has them already)."""
     config = store.get_meta("config", {})
     funnel = store.funnel()
     quarantined = store.quarantined()
@@ -62,7 +62,7 @@ def summarize(store: Store) -> dict[str, Any]:
         if p.template:
             templates[p.template] = p.template_version or ""
         sampling = sampling or p.sampling
-    values = score_values(store)
+    values = score_values(store) if values is None else values
     return {
         "name": store.run_dir.name,
         "capability": store.get_meta("capability"),
@@ -107,14 +107,14 @@ def histogram(values: list[float], bins: int = 10, width: int = 30) -> list[tupl
     ]
 
 
-def plot_scores(store: Store, path: str) -> None:
+def plot_scores(store: Store, path: str, values: dict[str, list[float]] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    values = score_values(store)
-    funnel = [f for f in store.funnel()]
+    values = score_values(store) if values is None else values
+    funnel = store.funnel()
     n = len(values) + 1
     fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.6))
     axes = [axes] if n == 1 else list(axes)

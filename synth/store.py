@@ -42,9 +42,12 @@ CREATE TABLE IF NOT EXISTS engine_cache (
 """
 
 
-def cache_key(model: str, request: Request, sampling: SamplingParams) -> str:
+def cache_key(model: str, request: Request, params: SamplingParams | dict[str, Any]) -> str:
+    """Key of one engine call: model, request and its parameters (sampling with its seed, or those of
+    another call kind such as choice log-probs)."""
+    params = params.to_dict() if isinstance(params, SamplingParams) else params
     blob = json.dumps(
-        {"model": model, "messages": list(request.messages), "sampling": sampling.to_dict()},
+        {"model": model, "messages": list(request.messages), "sampling": params},
         sort_keys=True,
         ensure_ascii=False,
     )
@@ -134,6 +137,13 @@ class Store:
             sql += " AND kept = ?"
             args.append(kept)
         rows = self.db.execute(sql + " ORDER BY seq", args).fetchall()
+        return [record_from_json(r[0]) for r in rows]
+
+    def records_in_run_order(self) -> list[Record]:
+        """Every stage's rows, stage by stage as the run went, in one query."""
+        rows = self.db.execute(
+            "SELECT r.data FROM records r JOIN stages s USING (stage) ORDER BY s.position, r.seq"
+        ).fetchall()
         return [record_from_json(r[0]) for r in rows]
 
     def funnel(self) -> list[dict[str, Any]]:

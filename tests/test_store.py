@@ -112,3 +112,22 @@ def test_general_pipeline_quarantines_bad_seeds_and_shows_them(tmp_path, scripte
     assert seeds_stage["kept"] == 2
     gen = next(f for f in s["funnel"] if f["stage"] == "generate")
     assert gen["kept"] == 4  # 2 prompts x k=2
+
+
+def test_choice_logprobs_are_cached_apart_from_generations(tmp_path, scripted_engine):
+    calls = []
+
+    def choice_logprobs(requests, prefix, choices):
+        calls.append(len(requests))
+        return [{c: -float(i) for i, c in enumerate(choices)} for _ in requests]
+
+    scripted_engine.choice_logprobs = choice_logprobs
+    eng = CachedEngine(scripted_engine, Store(tmp_path))
+    reqs = [Request.chat("a"), Request.chat("b")]
+    first = eng.choice_logprobs(reqs, "Score:", [" 1", " 2"])
+    assert first[0] == {" 1": 0.0, " 2": -1.0} and calls == [2]
+    assert eng.choice_logprobs(reqs, "Score:", [" 1", " 2"]) == first and calls == [2]
+    eng.choice_logprobs(reqs, "Rating:", [" 1", " 2"])  # another prefix is another call
+    assert calls == [2, 2]
+    eng.generate(reqs, SamplingParams(n=1))  # a generation never reads a choice entry
+    assert scripted_engine.calls == [2]
