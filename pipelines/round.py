@@ -242,14 +242,11 @@ def _write_prompts(runs, path: Path) -> None:
 
 
 def _train(kind: str, data: Path, out: Path, model: str | None, overrides: dict[str, Any], seed: int) -> None:
-    from train import dpo, rm, sft
-    from train.config import DPOConfig, RMConfig, SFTConfig
+    from train import run_recipe
 
-    recipe, config_cls = {"rm": (rm, RMConfig), "sft": (sft, SFTConfig), "dpo": (dpo, DPOConfig)}[kind]
     if out.exists():
         shutil.rmtree(out)  # an unfinished training step starts over
-    args = config_cls(output_dir=str(out), seed=seed, **overrides)
-    recipe.run(str(data), args, model)
+    run_recipe(kind, str(data), model, output_dir=str(out), seed=seed, **overrides)
 
 
 def _sample(prompts: Path, policy: str | None, rm_dir: Path, out: Path, cfg: RoundConfig, rnd: int) -> None:

@@ -4,3 +4,22 @@ Each recipe module (:mod:`train.rm`, :mod:`train.sft`, :mod:`train.dpo`) holds a
 ``transformers.Trainer`` subclass plus a ``run()`` that reads top to bottom; configs are in
 :mod:`train.config`, the CLI in :mod:`train.cli`, DeepSpeed ZeRO-2/3 JSON in ``train/configs/``.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+RECIPES = ("rm", "sft", "dpo")
+
+
+def run_recipe(kind: str, data: str, model: str | None, **config: Any) -> dict:
+    """Train ``kind`` on ``data`` with its config built from ``config`` (TrainingArguments fields plus
+    the recipe's own); returns the metrics. Heavy imports happen here, not when ``train`` loads."""
+    import importlib
+
+    from train import config as configs
+
+    if kind not in RECIPES:
+        raise ValueError(f"unknown recipe {kind!r}; choose one of {', '.join(RECIPES)}")
+    config_cls = {"rm": configs.RMConfig, "sft": configs.SFTConfig, "dpo": configs.DPOConfig}[kind]
+    return importlib.import_module(f"train.{kind}").run(str(data), config_cls(**config), model)

@@ -50,15 +50,16 @@ def _common(out, epochs, lr, batch_size, grad_accum, max_length, max_steps, ckpt
     }
 
 
-def _run(recipe, data: Path, args, model: str) -> None:
+def _run(kind: str, data: Path, model: str, common: dict, **extra) -> None:
+    from train import run_recipe
     from train.data import DatasetError
 
     try:
-        recipe(str(data), args, model)
+        run_recipe(kind, str(data), model, **common, **extra)
     except DatasetError as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(2) from err
-    typer.echo(f"saved to {args.output_dir}")
+    typer.echo(f"saved to {common['output_dir']}")
 
 
 @app.command()
@@ -81,15 +82,10 @@ def rm(
     seed: Seed = 42,
 ) -> None:
     """Reward model (Bradley-Terry + margin); reports held-out accuracy per strength."""
-    from train import rm as recipe
-
     common = _common(out, epochs, lr, batch_size, grad_accum, max_length, max_steps,
                      gradient_checkpointing, deepspeed, logging_steps, seed)  # fmt: skip
     drop = () if keep_marginal else ("marginally_better",)
-    from train.config import RMConfig
-
-    args = RMConfig(**common, use_margin=margin, concat_responses=concat, drop_strengths=drop)
-    _run(recipe.run, data, args, model)
+    _run("rm", data, model, common, use_margin=margin, concat_responses=concat, drop_strengths=drop)
 
 
 @app.command()
@@ -109,13 +105,9 @@ def sft(
     seed: Seed = 42,
 ) -> None:
     """Supervised fine-tuning on assistant turns, padding-free."""
-    from train import sft as recipe
-
     common = _common(out, epochs, lr, batch_size, grad_accum, max_length, max_steps,
                      gradient_checkpointing, deepspeed, logging_steps, seed)  # fmt: skip
-    from train.config import SFTConfig
-
-    _run(recipe.run, data, SFTConfig(**common), model)
+    _run("sft", data, model, common)
 
 
 @app.command()
@@ -138,15 +130,10 @@ def dpo(
     seed: Seed = 42,
 ) -> None:
     """DPO with masked formatting tokens, NLL regulariser and a cached reference."""
-    from train import dpo as recipe
-
     common = _common(out, epochs, lr, batch_size, grad_accum, max_length, max_steps,
                      gradient_checkpointing, deepspeed, logging_steps, seed)  # fmt: skip
     drop = () if keep_marginal else ("marginally_better",)
-    from train.config import DPOConfig
-
-    args = DPOConfig(**common, beta=beta, nll_weight=nll_weight, drop_strengths=drop)
-    _run(recipe.run, data, args, model)
+    _run("dpo", data, model, common, beta=beta, nll_weight=nll_weight, drop_strengths=drop)
 
 
 if __name__ == "__main__":
