@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -18,8 +19,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-run_app = typer.Typer(help="Run a generator pipeline into a run directory (resumable).", no_args_is_help=True)
-app.add_typer(run_app, name="run")
 console = Console(stderr=True)
 
 
@@ -38,130 +37,64 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
-Engine = Annotated[str, typer.Option(help="hf (transformers), vllm (offline, GPU) or openai (any server).")]
-Model = Annotated[
-    str | None,
-    typer.Option(help="Model path or hub id; default: the embedded SmolLM2-135M-Instruct."),
-]
-BaseUrl = Annotated[str | None, typer.Option(help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")]
+# -- synth run: every registered recipe, its options generated from its config dataclass -------------
+class RecipeGroup(click.Group):
+    """``synth run NAME``: one sub-command per registered recipe (``synth run --list`` names them)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from synth.recipe import recipes
+
+        return list(recipes())
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        from synth.config import command
+        from synth.recipe import get_recipe
+
+        try:
+            spec = get_recipe(name)
+        except KeyError:
+            return None
+        return command(
+            spec.config, name, lambda cfg: _run_recipe(name, cfg), (spec.doc or spec.summary).strip()
+        )
 
 
-@run_app.command("general")
-def run_general_cmd(
-    seeds: Annotated[Path, typer.Option(help="JSONL of prompts: {'prompt': ...} or {'messages': [...]}.")],
-    out: Annotated[Path, typer.Option(help="Run directory; the same command resumes a stopped run.")],
-    engine: Engine = "hf",
-    model: Model = None,
-    base_url: BaseUrl = None,
-    k: Annotated[int, typer.Option(help="Responses sampled per prompt (Llama 3 uses 10-30).")] = 4,
-    max_tokens: Annotated[int, typer.Option(help="Max new tokens per response.")] = 256,
-    temperature: float = 0.8,
-    top_p: float = 0.95,
-    seed: int = 0,
-    batch_size: Annotated[int, typer.Option(help="Prompts per committed batch.")] = 8,
-    top_fraction: Annotated[
-        float, typer.Option(help="Keep prompts whose best score is in this top fraction.")
-    ] = 0.25,
-    skip_invalid: Annotated[
-        bool, typer.Option(help="Quarantine malformed seed rows instead of stopping.")
-    ] = False,
-) -> None:
-    """Seed prompts -> K responses -> rule cleaning -> LLM judge -> best of K -> top quartile."""
-    from synth.engines.base import EngineError
-    from synth.generators.general import GeneralConfig, run_general
-    from synth.io import InputError
+@click.group(
+    "run",
+    cls=RecipeGroup,
+    invoke_without_command=True,
+    help="Run a recipe into a run directory (resumable): synth run NAME [--config FILE.yaml] "
+    "[--set key=value ...] [--option value ...]. `synth run NAME --help` lists its options.",
+)
+@click.option("--list", "show_list", is_flag=True, help="Name each recipe with one line.")
+@click.pass_context
+def run_group(ctx: click.Context, show_list: bool) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    if not show_list:
+        click.echo(ctx.get_help())
+        return
+    from synth.recipe import recipes
 
-    _quiet_libraries()
-    cfg = GeneralConfig(
-        seeds=str(seeds),
-        out=str(out),
-        engine=engine,
-        model=model,
-        base_url=base_url,
-        k=k,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-        batch_size=batch_size,
-        top_fraction=top_fraction,
-        skip_invalid=skip_invalid,
-    )
-    try:
-        run = run_general(cfg)
-    except (InputError, EngineError, FileNotFoundError, ValueError) as e:
-        _fail(str(e))
-    _print_funnel(run.store)
-    run.close()
+    for name, spec in recipes().items():
+        click.echo(f"{name:<22} {spec.summary}")
 
 
-@run_app.command("code")
-def run_code_cmd(
-    out: Annotated[Path, typer.Option(help="Run directory; the same command resumes a stopped run.")],
-    corpus: Annotated[
-        Path | None,
-        typer.Option(help="Folder of .py files that inspire problems; default: the shipped corpus."),
-    ] = None,
-    engine: Engine = "hf",
-    model: Model = None,
-    base_url: BaseUrl = None,
-    k: Annotated[int, typer.Option(help="Solutions sampled per problem.")] = 2,
-    problems_per_snippet: Annotated[int, typer.Option(help="Problems written per corpus file.")] = 2,
-    max_tokens: Annotated[int, typer.Option(help="Max new tokens per model call.")] = 384,
-    temperature: float = 0.8,
-    top_p: float = 0.95,
-    seed: int = 0,
-    batch_size: Annotated[int, typer.Option(help="Items per committed batch.")] = 8,
-    repair_rounds: Annotated[
-        int, typer.Option(help="Rounds of feedback (lint, traceback, failing assert) and repair.")
-    ] = 2,
-    languages: Annotated[
-        str, typer.Option(help="Comma-separated translation targets (javascript, php); '' for none.")
-    ] = "javascript,php",
-    backend: Annotated[str, typer.Option(help="Sandbox backend: local (bubblewrap) or docker.")] = "local",
-    unsafe_no_isolation: Annotated[
-        bool, typer.Option(help="Run generated code without isolation (local backend; trusted hosts only).")
-    ] = False,
-    bt_threshold: Annotated[
-        float, typer.Option(help="Keep documentation whose backtranslation scores at least this (1-10).")
-    ] = 7.0,
-) -> None:
-    """Snippets -> problems -> K solutions -> ruff + unit tests in the sandbox -> repair rounds; plus
-    backtranslated documentation and translations to other languages checked by execution."""
+def _run_recipe(name: str, cfg) -> None:
     from sandboxes.base import SandboxUnavailable
     from synth.engines.base import EngineError
-    from synth.generators.code import DEFAULT_CORPUS, CodeConfig, run_code
+    from synth.io import InputError
+    from synth.recipe import run_recipe
 
     _quiet_libraries()
     try:
-        cfg = CodeConfig(
-            out=str(out),
-            corpus=str(corpus or DEFAULT_CORPUS),
-            engine=engine,
-            model=model,
-            base_url=base_url,
-            k=k,
-            problems_per_snippet=problems_per_snippet,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            seed=seed,
-            batch_size=batch_size,
-            repair_rounds=repair_rounds,
-            languages=[x.strip() for x in languages.split(",") if x.strip()],
-            backend=backend,
-            unsafe_no_isolation=unsafe_no_isolation,
-            bt_threshold=bt_threshold,
-        )
-        run = run_code(cfg)
-    except (EngineError, SandboxUnavailable, FileNotFoundError, ValueError) as e:
+        run = run_recipe(name, cfg)
+    except (InputError, EngineError, SandboxUnavailable, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     _print_funnel(run.store)
-    outcomes = run.store.get_meta("outcomes", {})
-    Console().print(
-        "solutions: "
-        + (", ".join(f"{name}: {n}" for name, n in outcomes.items()) or "none reached execution")
-    )
+    outcomes = run.store.get_meta("outcomes")
+    if outcomes:
+        Console().print("outcomes: " + ", ".join(f"{k}: {n}" for k, n in outcomes.items()))
     run.close()
 
 
@@ -248,7 +181,7 @@ def export(
 ) -> None:
     """Write the run's SFT and preference rows as a HF dataset with a data card."""
     from synth.export import export_dataset, push_to_hub
-    from synth.stats import output_records, summarize
+    from synth.stats import iter_outputs, summarize
     from synth.store import Store
 
     try:
@@ -256,13 +189,18 @@ def export(
     except FileNotFoundError as e:
         _fail(str(e))
     if not store.get_meta("outputs"):
-        _fail(f"{run_dir} has no finished generator output to export")
-    sft, pref = output_records(store)
+        _fail(f"{run_dir} has no finished recipe output to export")
     summary = summarize(store)
     summary["license"] = license
-    store.close()
-    path = export_dataset(sft, pref, to, summary, test_fraction=test_fraction, seed=seed)
-    console.print(f"exported {len(sft)} sft and {len(pref)} preference rows to {path}")
+    try:  # rows stream from the store into parquet shards
+        path = export_dataset(iter_outputs(store, "sft"), iter_outputs(store, "preference"), to, summary,
+                              test_fraction=test_fraction, seed=seed)  # fmt: skip
+    except ValueError as e:
+        _fail(f"{run_dir}: cannot export: {e}")
+    finally:
+        store.close()
+    rows = summary["rows"]
+    console.print(f"exported {rows['sft']} sft and {rows['preference']} preference rows to {path}")
     if hub:
         try:
             url = push_to_hub(path, hub, private=private)
@@ -297,10 +235,7 @@ def _mount_subcommands() -> None:
     from sandboxes.cli import app as sandbox_app
 
     app.add_typer(sandbox_app, name="sandbox", help="Run untrusted code in an isolated sandbox.")
-    from train.cli import app as train_app
     from train.tools_cli import average, sample
-
-    app.add_typer(train_app, name="train", help="Train a reward model, SFT or DPO policy on exported data.")
 
     app.command(help=average.__doc__)(average)
     app.command(help=sample.__doc__)(sample)
@@ -309,8 +244,40 @@ def _mount_subcommands() -> None:
 _mount_subcommands()
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def build_cli() -> click.Group:
+    """The whole `synth` command: the typer commands plus the click groups generated from configs."""
+    from train.cli import group as train_group
+
+    cli = typer.main.get_command(app)
+    cli.add_command(run_group, "run")
+    cli.add_command(train_group, "train")
+    return cli
+
+
+cli = build_cli()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point. The typer commands run on typer's own copy of click, the generated groups on
+    click itself: exits and usage errors of the latter are handled here, as click would."""
+    try:
+        cli.main(args=args, standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.Abort:
+        console.print("aborted")
+        return 1
+    except Exception as e:  # typer's click copy raises its own exit/usage exceptions
+        code = getattr(e, "exit_code", None)
+        if code is None:
+            raise
+        if hasattr(e, "show"):
+            e.show()
+        return code
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,9 +1,9 @@
 """`synth round`: one Llama-3-style post-training round, read top to bottom.
 
-    generate (each configured generator, with the current policy)
+    generate (each configured recipe, with the current policy, each with its own options)
     -> reward model on ALL preference data so far
     -> rejection sampling: K samples per prompt from the policy, best by the RM, top quartile
-    -> SFT on the RS rows + the generators' SFT rows, from the current policy
+    -> SFT on the RS rows + the recipes' SFT rows, from the current policy
     -> DPO on the LATEST preference batch, from the SFT model (one run per variant)
     -> average the DPO variants -> the round's model, the next round's policy
 
@@ -13,10 +13,11 @@ unfinished step (generation and sampling steps also resume inside, batch by batc
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,8 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from synth.records import Record, SFTRecord
-from synth.stats import output_records, summarize
+from synth.records import Record
+from synth.stats import iter_outputs, summarize
 from synth.store import Store
 
 console = Console(stderr=True)
@@ -39,7 +40,7 @@ class RoundConfig:
     engine: str = "hf"
     base_url: str | None = None
     seed: int = 0
-    generators: dict[str, dict[str, Any]] = field(default_factory=lambda: {"general": {}})
+    recipes: dict[str, dict[str, Any]] = field(default_factory=lambda: {"general": {}})
     rm: dict[str, Any] = field(default_factory=dict)  # RMConfig fields
     sample: dict[str, Any] = field(default_factory=dict)  # k, max_tokens, temperature, top_fraction
     sft: dict[str, Any] = field(default_factory=dict)  # SFTConfig fields
@@ -53,6 +54,8 @@ class RoundConfig:
         if not isinstance(data, dict):
             raise ValueError(f"{path}: the round config must be a mapping")
         data.update({k: v for k, v in overrides.items() if v is not None})
+        if "generators" in data:  # the key's name before recipes
+            data["recipes"] = {**data.pop("generators"), **data.get("recipes", {})}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -64,37 +67,25 @@ class RoundConfig:
             raise ValueError(f"{path}: dpo_variants needs at least one entry ({{}} for the defaults)")
         if cfg.average_weights is not None and len(cfg.average_weights) != len(cfg.dpo_variants):
             raise ValueError(f"{path}: average_weights needs one weight per DPO variant")
-        unknown_gen = sorted(set(cfg.generators) - set(GENERATORS))
-        if unknown_gen:
-            raise ValueError(f"{path}: unknown generators {unknown_gen}; known: {sorted(GENERATORS)}")
+        from synth.recipe import recipes
+
+        unknown_recipes = sorted(set(cfg.recipes) - set(recipes()))
+        if unknown_recipes:
+            raise ValueError(f"{path}: unknown recipes {unknown_recipes}; known: {sorted(recipes())}")
         return cfg
 
 
-# -- generators a round can run ---------------------------------------------------------------
-def _run_general(opts: dict[str, Any], out: Path, policy: str | None, cfg: RoundConfig, rnd: int) -> Path:
-    from synth.generators.general import GeneralConfig, run_general
+# -- generation: any registered recipe, with the round's policy ----------------------------------
+def _generate(
+    name: str, opts: dict[str, Any], out: Path, policy: str | None, cfg: RoundConfig, rnd: int
+) -> None:
+    from synth.config import build
+    from synth.recipe import get_recipe, run_recipe
 
-    opts = {"seeds": str(_data("general_seeds.jsonl")), **opts}
-    run = run_general(GeneralConfig(out=str(out), engine=cfg.engine, model=policy, base_url=cfg.base_url,
-                                    seed=cfg.seed + rnd, round=rnd, **opts))  # fmt: skip
-    run.close()
-    return out
-
-
-def _run_code(opts: dict[str, Any], out: Path, policy: str | None, cfg: RoundConfig, rnd: int) -> Path:
-    from synth.generators.code import CodeConfig, run_code
-
-    run = run_code(CodeConfig(out=str(out), engine=cfg.engine, model=policy, base_url=cfg.base_url,
-                              seed=cfg.seed + rnd, round=rnd, **opts))  # fmt: skip
-    run.close()
-    return out
-
-
-GENERATORS: dict[str, Callable[..., Path]] = {"general": _run_general, "code": _run_code}
-
-
-def _data(name: str) -> Path:
-    return Path(__file__).parent / "data" / name
+    spec = get_recipe(name)
+    shared = {"out": str(out), "engine": cfg.engine, "model": policy, "base_url": cfg.base_url,
+              "seed": cfg.seed + rnd, "round": rnd}  # fmt: skip
+    run_recipe(name, build(spec.config, shared, opts, where=f"recipes.{name}")).close()
 
 
 # -- the round --------------------------------------------------------------------------------
@@ -116,18 +107,18 @@ def run_round(cfg: RoundConfig, rnd: int, policy: str | None) -> Path:
     step = _Steps(here)
     console.rule(f"round {rnd}: policy {policy or 'embedded SmolLM2-135M-Instruct'}")
 
-    # 1. generate with the current policy, one run per generator
+    # 1. generate with the current policy, one run per recipe
     gen_runs = {}
-    for name, opts in cfg.generators.items():
+    for name, opts in cfg.recipes.items():
         out = here / "gen" / name
         gen_runs[name] = out
-        step(f"generate_{name}", lambda n=name, o=opts, d=out: GENERATORS[n](o, d, policy, cfg, rnd))
+        step(f"generate_{name}", lambda n=name, o=opts, d=out: _generate(n, o, d, policy, cfg, rnd))
 
-    # 2. reward model on all preference data so far (every round's generators)
+    # 2. reward model on all preference data so far (every round's recipes)
     # (rows are read inside the steps: a resumed round past them reads no store)
     pref_all_dir = here / "data" / "preference_all"
     step("data_preference_all", lambda: _export_rows(
-        [r for k in range(1, rnd + 1) for r in _round_records(root / f"round_{k}", "preference", k)],
+        (r for k in range(1, rnd + 1) for r in _round_records(root / f"round_{k}", "preference", k)),
         "preference", pref_all_dir,
     ))  # fmt: skip
     rm_dir = here / "rm"
@@ -140,18 +131,21 @@ def run_round(cfg: RoundConfig, rnd: int, policy: str | None) -> Path:
     rs_dir = here / "sample"
     step("rejection_sample", lambda: _sample(prompts_file, policy, rm_dir, rs_dir, cfg, rnd))
 
-    # 4. SFT on the RS rows plus the generators' SFT rows, from the current policy
+    # 4. SFT on the RS rows plus the recipes' SFT rows, from the current policy
     sft_data = here / "data" / "sft"
     step("data_sft", lambda: _export_rows(
-        _records_of(rs_dir, "sft", f"r{rnd}-rs") + _round_records(here, "sft", rnd), "sft", sft_data
+        itertools.chain(_records_of(rs_dir, "sft", f"r{rnd}-rs"), _round_records(here, "sft", rnd)),
+        "sft", sft_data,
     ))  # fmt: skip
     sft_dir = here / "sft"
     step("train_sft", lambda: _train("sft", sft_data, sft_dir, policy, cfg.sft, cfg.seed))
 
-    # 5. DPO on the latest preference batch (this round's generators + RS best-vs-worst)
+    # 5. DPO on the latest preference batch (this round's recipes + RS best-vs-worst)
     pref_data = here / "data" / "preference_latest"
     step("data_preference_latest", lambda: _export_rows(
-        _round_records(here, "preference", rnd) + _records_of(rs_dir, "preference", f"r{rnd}-rs"),
+        itertools.chain(
+            _round_records(here, "preference", rnd), _records_of(rs_dir, "preference", f"r{rnd}-rs")
+        ),
         "preference", pref_data,
     ))  # fmt: skip
     dpo_dirs = []
@@ -187,58 +181,47 @@ class _Steps:
         marker.write_text(json.dumps({"step": name, "seconds": round(time.time() - start, 1)}))
 
 
-def _round_records(here: Path, kind: str, rnd: int) -> list[Record]:
-    """This round's generator output rows of one kind, ids prefixed so rounds never collide."""
+def _round_records(here: Path, kind: str, rnd: int) -> Iterator[Record]:
+    """This round's recipe output rows of one kind, ids prefixed so rounds never collide (streamed)."""
     gen = here / "gen"
     runs = sorted(p for p in gen.iterdir() if (p / "synth.duckdb").exists()) if gen.exists() else []
-    return [r for run in runs for r in _records_of(run, kind, f"r{rnd}-{run.name}")]
+    for run in runs:
+        yield from _records_of(run, kind, f"r{rnd}-{run.name}")
 
 
-def _records_of(run_dir: Path, kind: str, prefix: str) -> list[Record]:
+def _records_of(run_dir: Path, kind: str, prefix: str) -> Iterator[Record]:
     if not (run_dir / "synth.duckdb").exists():
-        return []
+        return
     store = Store(run_dir, read_only=True)
     try:
-        sft, pref = output_records(store)
+        for r in iter_outputs(store, kind):
+            r.id = f"{prefix}-{r.id}"
+            yield r
     finally:
         store.close()
-    rows = sft if kind == "sft" else pref
-    return [r.model_copy(update={"id": f"{prefix}-{r.id}"}) for r in rows]
 
 
-def _export_rows(rows: list[Record], kind: str, out: Path) -> None:
-    """A round's merged dataset (rows from several runs), with its data card."""
+def _export_rows(rows: Iterable[Record], kind: str, out: Path) -> None:
+    """A round's merged dataset (rows from several runs, streamed), with its data card."""
     from synth.export import export_dataset
 
-    models = sorted({r.provenance.model for r in rows if r.provenance and r.provenance.model})
-    summary = {
-        "name": out.name,
-        "funnel": [],
-        "models": models,
-        "engines": [],
-        "templates": {},
-        "sampling": {},
-    }
+    summary = {"name": out.name, "funnel": [], "models": [], "engines": [], "templates": {}, "sampling": {}}
     export_dataset(rows if kind == "sft" else [], rows if kind == "preference" else [], out, summary)
 
 
 def _write_prompts(runs, path: Path) -> None:
-    """The prompts every generator of the round started from (its 'seeds' stage)."""
-    seen, lines = set(), []
-    for run in runs:
-        store = Store(run, read_only=True)
-        try:
-            seeds = store.records("seeds", kept=True)
-        finally:
-            store.close()
-        for r in seeds:
-            if isinstance(r, SFTRecord) and r.id not in seen:
-                seen.add(r.id)
-                lines.append(
-                    json.dumps({"id": r.id, "messages": [m.model_dump(exclude_none=True) for m in r.prompt]})
-                )
+    """The prompts every recipe of the round declared (its prompts stage), each once."""
+    from synth.prompt_sources import prompts_of_run
+
+    seen: set[str] = set()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    with open(path, "w") as fh:
+        for run in runs:
+            for r in prompts_of_run(run):
+                if r.id not in seen:
+                    seen.add(r.id)
+                    messages = [m.model_dump(exclude_none=True) for m in r.prompt]
+                    fh.write(json.dumps({"id": r.id, "messages": messages}) + "\n")
 
 
 def _train(kind: str, data: Path, out: Path, model: str | None, overrides: dict[str, Any], seed: int) -> None:
@@ -250,7 +233,7 @@ def _train(kind: str, data: Path, out: Path, model: str | None, overrides: dict[
 
 
 def _sample(prompts: Path, policy: str | None, rm_dir: Path, out: Path, cfg: RoundConfig, rnd: int) -> None:
-    from train.sample import SampleConfig, run_sample
+    from synth.recipes.rejection_sampling import SampleConfig, run_sample
 
     opts = {"k": 4, "top_fraction": 0.25, **cfg.sample}
     sample_cfg = SampleConfig(
@@ -286,9 +269,7 @@ def _round_card(here: Path, rnd: int, policy: str | None, cfg: RoundConfig) -> N
         store = Store(name, read_only=True)
         s = summarize(store)
         store.close()
-        lines.append(
-            f"- generator `{name.name}`: {s['rows']['sft']} SFT rows, {s['rows']['preference']} pairs"
-        )
+        lines.append(f"- recipe `{name.name}`: {s['rows']['sft']} SFT rows, {s['rows']['preference']} pairs")
     for step in ("rm", "sft", *[f"dpo_{i}" for i in range(len(cfg.dpo_variants))]):
         metrics = here / step / "metrics.json"
         if metrics.exists():

@@ -80,10 +80,28 @@ def read_records(
 ) -> list[Any]:
     """Parse each line with ``parse``; a bad row raises InputError, or with ``skip_invalid`` is
     handed to ``on_bad`` (the run's quarantine) and skipped."""
-    out = []
+    return list(iter_records(path, parse, skip_invalid=skip_invalid, on_bad=on_bad))
+
+
+def iter_records(
+    path: Path | str,
+    parse: Callable[[Any], Any],
+    *,
+    skip_invalid: bool = False,
+    on_bad: Callable[[BadRow], None] | None = None,
+    unique_ids: bool = False,
+) -> Iterator[Any]:
+    """``read_records`` as a stream (a seed file of millions of rows is never held); with
+    ``unique_ids`` a repeated id is an error naming both lines."""
+    seen: dict[str, int] = {}
     for n, raw in iter_lines(path):
         try:
-            out.append(parse(json.loads(raw)))
+            rec = parse(json.loads(raw))
+            if unique_ids:
+                if rec.id in seen:
+                    raise InputError(path, n, "id", f"duplicate id {rec.id!r} (line {seen[rec.id]})")
+                seen[rec.id] = n
+            yield rec
             continue
         except json.JSONDecodeError as e:
             bad = BadRow(str(path), n, "<json>", f"invalid JSON: {e.msg} at column {e.colno}", raw)
@@ -98,7 +116,21 @@ def read_records(
             raise InputError(bad.path, bad.line, bad.field, bad.error, bad.raw)
         if on_bad:
             on_bad(bad)
-    return out
+
+
+def read_seeds(
+    path: Path | str,
+    capability: str,
+    *,
+    skip_invalid: bool = False,
+    on_bad: Callable[[BadRow], None] | None = None,
+) -> Iterator[SFTRecord]:
+    """Prompt rows of a seed JSONL, validated at the boundary, streamed, ids unique."""
+    name = Path(path).name
+    return iter_records(
+        path, lambda d: seed_to_record(d, capability, name), skip_invalid=skip_invalid, on_bad=on_bad,
+        unique_ids=True,
+    )  # fmt: skip
 
 
 def check_unique_ids(records: list[SFTRecord], path: Path | str) -> None:

@@ -1,41 +1,102 @@
-"""Store-backed stage runner: the resume and cache mechanics every generator shares.
+"""Store-backed stage runner: the resume, streaming and cache mechanics every recipe shares.
 
-A generator is a composition of small stages. ``Run.map_batches`` runs a stage over its inputs in
-fixed batches (same inputs -> same batches), committing each finished batch with its output rows;
-``Run.apply`` runs a cheap stage as one batch. Both return every output row of the stage, kept and
-rejected, from the store, so a resumed run sees exactly what an uninterrupted one would.
+A recipe is a composition of stages. Each stage has one name (``stage.name``), reads its input as a
+stream of row chunks from the store (``Rows``: one or more earlier stages, kept rows by default) and
+commits its output batch by batch, so nothing holds a whole stage in memory and a run killed at any
+moment resumes from its last finished batch:
+
+- ``Run.source(name, items)`` writes rows that come from outside (seed files, a code corpus);
+- ``Run.map(stage, rows)`` runs a stage over fixed batches of rows (same rows -> same batches);
+- ``Run.grouped(stage, rows)`` hands the stage whole groups (a prompt's K candidates), never split.
+
+A stage may also ``prepare(run, rows)`` before its batches: a whole-stage number (a quantile, the
+distribution of score gaps) computed by a query or one streaming pass, never by loading the stage.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from synth.engines.base import Completion, Engine, Request, SamplingParams
 from synth.io import BadRow
-from synth.records import Record, stable_id
+from synth.records import Record, record_from_json, stable_id
 from synth.store import Store, cache_key
 
-T = TypeVar("T")
+
+class Stage(Protocol):
+    """A stage: one name, and a function from a batch of rows to the rows it writes (kept and
+    rejected, each with a verdict under ``name``)."""
+
+    name: str
+
+    def __call__(self, batch: list[Any]) -> list[Record]: ...
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A stream of stored rows: the rows of ``stages`` (in that order), kept ones by default.
+
+    ``latest``: one row per id, its last appearance over the stages (a candidate that went round a
+    repair loop appears once per round).
+    """
+
+    stages: tuple[str, ...]
+    kept: bool | None = True
+    latest: bool = False
+
+    def __add__(self, other: Rows) -> Rows:
+        return Rows(self.stages + other.stages, self.kept if self.kept == other.kept else None, self.latest)
+
+    @property
+    def all(self) -> Rows:
+        return Rows(self.stages, None, self.latest)
+
+    @property
+    def rejected(self) -> Rows:
+        return Rows(self.stages, False, self.latest)
+
+    def last(self) -> Rows:
+        return Rows(self.stages, self.kept, True)
+
+
+def rows(*stages: str, kept: bool | None = True) -> Rows:
+    return Rows(tuple(stages), kept)
 
 
 class CachedEngine:
-    """Wraps any engine with the run's engine cache (model, request, sampling, seed)."""
+    """Wraps any engine with the run's engine cache (model, request, sampling, seed).
 
-    def __init__(self, engine: Engine, store: Store) -> None:
-        self.inner = engine
+    ``inner`` may be a factory: the engine is built on the first call that misses the cache, so a
+    resumed run whose generation is finished never loads the model.
+    """
+
+    def __init__(
+        self,
+        engine: Engine | Callable[[], Engine],
+        store: Store,
+        name: str | None = None,
+        model: str | None = None,
+    ) -> None:
+        self._inner = engine
         self.store = store
-        self.name = engine.name
-        self.model = engine.model
+        self.name = name or engine.name  # type: ignore[union-attr]
+        self.model = model or engine.model  # type: ignore[union-attr]
         self.hits = 0
         self.misses = 0
+
+    @property
+    def inner(self) -> Engine:
+        if callable(self._inner) and not hasattr(self._inner, "generate"):
+            self._inner = self._inner()
+        return self._inner  # type: ignore[return-value]
 
     def generate(self, requests: list[Request], sampling: SamplingParams) -> list[list[Completion]]:
         keys = [cache_key(self.model, r, sampling) for r in requests]
@@ -84,12 +145,17 @@ class Run:
         self.dir = Path(out_dir)
         self.store = Store(self.dir)
         self.events = self.dir / "events.jsonl"
+        self.engine: CachedEngine | None = None  # the recipe's engine behind this run's cache
         if config is not None:
             previous = self.store.get_meta("config")
             if previous is not None and _resumable(previous) != _resumable(config):
+                changed = sorted(
+                    k for k in set(previous) | set(config) if previous.get(k) != config.get(k) and k in config
+                )
                 raise ValueError(
-                    f"{self.dir} holds a run with a different configuration; "
-                    "use a new --out directory (or the same command to resume)"
+                    f"{self.dir} holds a run with a different configuration (changed: "
+                    f"{', '.join(changed) or 'fields'}); use a new --out directory (or the same command "
+                    "to resume)"
                 )
             self.store.set_meta("config", config)
             self.log("run_start", resumed=previous is not None)
@@ -109,40 +175,118 @@ class Run:
             fh.flush()
             os.fsync(fh.fileno())
 
-    def map_batches(
-        self,
-        stage: str,
-        items: Sequence[T],
-        fn: Callable[[list[T]], list[Record]],
-        *,
-        key: Callable[[T], str] = lambda item: item.id,  # type: ignore[attr-defined]
-        batch_size: int = 8,
-        desc: str | None = None,
-    ) -> list[Record]:
-        self.store.begin_stage(stage, len(items))
-        if not self.store.stage_done(stage):
-            batches = [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
-            ids = [stable_id(stage, [key(x) for x in b]) for b in batches]
-            done = self.store.done_batches(stage)
-            todo = [(b, bid) for b, bid in zip(batches, ids, strict=True) if bid not in done]
-            with _progress(desc or stage, len(items), len(items) - sum(len(b) for b, _ in todo)) as (
-                bar,
-                task,
-            ):
-                for batch, bid in todo:
-                    # stages append verdicts in place: give them copies, so the caller's rows (often
-                    # an earlier stage's output, read again by a later stage) stay as stored
-                    out = fn(copy.deepcopy(batch))
-                    self.store.commit_batch(stage, bid, out)
-                    self.log("batch_committed", stage=stage, batch=bid, rows=len(out))
-                    bar.advance(task, len(batch))
-            self.store.end_stage(stage)
-            self.log("stage_done", stage=stage)
-        return self.store.records(stage)
+    # -- reading -------------------------------------------------------------------------------
+    def records(self, source: Rows) -> Iterator[Record]:
+        """Stream the records of ``source`` (for a recipe's own small passes and for tests)."""
+        return self.store.iter_records(source.stages, source.kept, latest=source.latest)
 
-    def apply(self, stage: str, items: Sequence[T], fn: Callable[[list[T]], list[Record]]) -> list[Record]:
-        """A cheap stage, run as a single batch."""
-        return self.map_batches(stage, items, fn, batch_size=max(1, len(items)), desc=stage)
+    def count(self, source: Rows) -> int:
+        if source.latest:
+            return sum(1 for _ in self.store.iter_rows(source.stages, source.kept, latest=True))
+        return self.store.count(source.stages, source.kept)
+
+    # -- stages --------------------------------------------------------------------------------
+    def source(self, name: str, items: Iterable[Record], batch_size: int = 1000) -> Rows:
+        """Rows from outside the store (a seed file, a corpus), written in batches like any stage."""
+        return self._run(name, _Identity(name), _chunks(((r.id, r) for r in items), batch_size), None)
+
+    def map(self, stage: Stage, source: Rows, batch_size: int = 8, total: int | None = None) -> Rows:
+        """Run ``stage`` over ``source`` in batches of ``batch_size`` rows."""
+        chunks = _chunks(self._stream(source), batch_size)
+        return self._run(stage.name, stage, chunks, source, total)
+
+    def grouped(self, stage: Stage, source: Rows, batch_size: int = 1000) -> Rows:
+        """Run ``stage`` over whole groups (rows sharing a ``group_key``): each batch holds complete
+        groups and about ``batch_size`` rows."""
+        stream = self.store.iter_rows(source.stages, source.kept, order="group", latest=source.latest)
+        return self._run(stage.name, stage, _group_chunks(stream, batch_size), source)
+
+    def _stream(self, source: Rows) -> Iterator[tuple[str, Any]]:
+        for key, kind, _grp, data in self.store.iter_rows(source.stages, source.kept, latest=source.latest):
+            yield key, _Lazy(kind, data)
+
+    def _run(
+        self,
+        name: str,
+        stage: Stage,
+        chunks: Iterable[list[tuple[str, Any]]],
+        source: Rows | None,
+        total: int | None = None,
+    ) -> Rows:
+        if self.store.stage_done(name):
+            return Rows((name,))
+        if total is None and source is not None:
+            total = self.count(source)
+        self.store.begin_stage(name, total)
+        if source is not None and hasattr(stage, "prepare"):
+            stage.prepare(self, source)
+        done = self.store.done_batches(name)
+        seen = 0
+        with _progress(name, total) as (bar, task):
+            for chunk in chunks:
+                seen += len(chunk)
+                bid = stable_id(name, [k for k, _ in chunk])
+                if bid in done:  # committed before a restart: not parsed, not regenerated
+                    bar.advance(task, len(chunk))
+                    continue
+                out = stage([_load(item) for _, item in chunk])
+                self.store.commit_batch(name, bid, out)
+                self.log("batch_committed", stage=name, batch=bid, rows=len(out))
+                bar.advance(task, len(chunk))
+        if total is None:
+            self.store.begin_stage(name, seen)
+        self.store.end_stage(name)
+        self.log("stage_done", stage=name)
+        return Rows((name,))
+
+
+class _Identity:
+    """The stage of ``Run.source``: rows go in as they are."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, batch: list[Record]) -> list[Record]:
+        return batch
+
+
+class _Lazy:
+    """A stored row parsed only when its batch runs (a resumed run skips finished batches unparsed)."""
+
+    __slots__ = ("kind", "data")
+
+    def __init__(self, kind: str, data: str) -> None:
+        self.kind, self.data = kind, data
+
+
+def _load(item: Any) -> Any:
+    return record_from_json(item.data, item.kind) if isinstance(item, _Lazy) else item
+
+
+def _chunks(items: Iterable[tuple[str, Any]], size: int) -> Iterator[list[tuple[str, Any]]]:
+    if size < 1:
+        raise ValueError(f"batch size must be >= 1, got {size}")
+    chunk: list[tuple[str, Any]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _group_chunks(stream: Iterable[tuple[str, str, str, str]], size: int) -> Iterator[list[tuple[str, Any]]]:
+    chunk: list[tuple[str, Any]] = []
+    group: str | None = None
+    for key, kind, grp, data in stream:
+        if grp != group and len(chunk) >= size:
+            yield chunk
+            chunk = []
+        group = grp
+        chunk.append((key, _Lazy(kind, data)))
+    if chunk:
+        yield chunk
 
 
 def _resumable(config: dict[str, Any]) -> dict[str, Any]:
@@ -151,7 +295,7 @@ def _resumable(config: dict[str, Any]) -> dict[str, Any]:
 
 
 class _progress:
-    def __init__(self, desc: str, total: int, completed: int) -> None:
+    def __init__(self, desc: str, total: int | None) -> None:
         self.bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -160,7 +304,7 @@ class _progress:
             transient=False,
             disable=os.environ.get("SYNTH_NO_PROGRESS") == "1",
         )
-        self.task = self.bar.add_task(desc, total=total, completed=completed)
+        self.task = self.bar.add_task(desc, total=total)
 
     def __enter__(self):
         self.bar.start()

@@ -1,8 +1,10 @@
 """The one record model that flows through every stage, store, export and trainer.
 
 SFT rows are chat ``messages``; preference rows are a prompt plus 2-3 responses ranked best first
-(edited > chosen > rejected) with a strength label. Both carry provenance, scores and the verdicts of
-every filter they met, so a rejected row always says which stage dropped it and why.
+(edited > chosen > rejected) with a strength label. Working items that are not chats (a programming
+problem, a candidate program, a tool trace) are typed ``Item`` subclasses, registered by their ``kind``.
+All of them carry provenance, scores and the verdicts of every filter they met, so a rejected row always
+says which stage dropped it and why.
 """
 
 from __future__ import annotations
@@ -80,6 +82,11 @@ class _Scored(_Strict):
     def to_json(self) -> str:
         return self.model_dump_json(exclude_none=False)
 
+    @property
+    def group_key(self) -> str:
+        """The group a row belongs to for per-group selection (best of K, pairs): its prompt."""
+        return self.meta.get("prompt_id", self.id)
+
 
 class SFTRecord(_Scored):
     kind: Literal["sft"] = "sft"
@@ -135,17 +142,67 @@ class PreferenceRecord(_Scored):
         return self.by_label("rejected")  # type: ignore[return-value]
 
 
-Record = SFTRecord | PreferenceRecord
+class Item(_Scored):
+    """A typed working item a recipe carries between stages (not a chat, not exported as one).
+
+    Subclasses declare ``kind: Literal["..."] = "..."`` and their own typed fields, and are registered
+    with ``@register_kind`` so the store reads them back as the right class.
+    """
+
+    kind: str
+
+    def as_prompt(self) -> list[Message] | None:
+        """The chat prompt this item stands for, when it can seed sampling (rejection sampling)."""
+        return None
+
+
+class Unparsed(Item):
+    """An LLM reply a stage could not use: kept as a rejection with the raw text and the reason."""
+
+    kind: Literal["unparsed"] = "unparsed"
+    input_id: str
+    raw: str
+
+
+_KINDS: dict[str, type[_Scored]] = {}
+
+
+def register_kind(cls: type[_Scored]) -> type[_Scored]:
+    """Class decorator: rows of this ``kind`` are read back as ``cls``."""
+    kind = cls.model_fields["kind"].default
+    if not isinstance(kind, str) or not kind:
+        raise TypeError(f"{cls.__name__} needs a default 'kind'")
+    if _KINDS.get(kind, cls) is not cls:
+        raise ValueError(
+            f"record kind {kind!r} is registered twice ({_KINDS[kind].__name__}, {cls.__name__})"
+        )
+    _KINDS[kind] = cls
+    return cls
+
+
+for _cls in (SFTRecord, PreferenceRecord, Unparsed):
+    register_kind(_cls)
+
+Record = SFTRecord | PreferenceRecord | Item
+
+
+def record_class(kind: str) -> type[_Scored]:
+    try:
+        return _KINDS[kind]
+    except KeyError:
+        raise ValueError(f"unknown record kind {kind!r}; known: {sorted(_KINDS)}") from None
 
 
 def record_from_dict(data: dict[str, Any]) -> Record:
     """Build the right record type from a dict (``kind`` decides; default sft)."""
     kind = data.get("kind", "preference" if "responses" in data else "sft")
-    cls = PreferenceRecord if kind == "preference" else SFTRecord
-    return cls.model_validate(data)
+    return record_class(kind).model_validate(data)  # type: ignore[return-value]
 
 
-def record_from_json(text: str) -> Record:
+def record_from_json(text: str, kind: str | None = None) -> Record:
+    """Parse a stored row; with its ``kind`` known (a store column) pydantic parses the JSON directly."""
+    if kind is not None:
+        return record_class(kind).model_validate_json(text)  # type: ignore[return-value]
     return record_from_dict(json.loads(text))
 
 

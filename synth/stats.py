@@ -1,33 +1,85 @@
-"""A run's funnel and score distributions, read from its store (for `synth stats` and the data card)."""
+"""A run's funnel and score distributions, read from its store (for `synth stats` and the data card).
+
+Everything here is an aggregate query over the store (DuckDB reads the JSON rows itself), so a run of
+millions of rows summarises in seconds and in little memory; only the output rows an export writes are
+streamed, never loaded.
+"""
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 from synth.records import Record
 from synth.store import Store
 
+KINDS = ("sft", "preference")
+
+
+def output_stages(store: Store, kind: str) -> list[str]:
+    """The stages a run declared as its output of ``kind`` (runs before recipes named one stage)."""
+    declared = (store.get_meta("outputs") or {}).get(kind) or []
+    return [declared] if isinstance(declared, str) else list(declared)
+
+
+def iter_outputs(store: Store, kind: str) -> Iterator[Record]:
+    """The run's final rows of ``kind``, kept ones, stage by stage as declared (streamed)."""
+    stages = output_stages(store, kind)
+    if stages:
+        yield from store.iter_records(stages, kept=True)
+
 
 def output_records(store: Store) -> tuple[list[Record], list[Record]]:
-    """The run's final (sft, preference) rows, as the generator declared them."""
-    outputs = store.get_meta("outputs", {})
-    sft = store.records(outputs["sft"], kept=True) if outputs.get("sft") else []
-    pref = store.records(outputs["preference"], kept=True) if outputs.get("preference") else []
-    return sft, pref
+    """The run's final (sft, preference) rows as lists (small runs and tests; exports stream)."""
+    return list(iter_outputs(store, "sft")), list(iter_outputs(store, "preference"))
 
 
 def score_values(store: Store) -> dict[str, list[float]]:
     """Every score written by any stage, for distributions and plots (last write per row wins)."""
-    latest: dict[tuple[str, str], float] = {}
-    for r in store.records_in_run_order():
-        for name, v in r.scores.items():
-            latest[(r.id, name)] = v
+    rows = store.query(
+        "SELECT name, v FROM (SELECT r.key, j.key AS name, TRY_CAST(j.value AS DOUBLE) AS v, "
+        "s.position, r.seq FROM records r JOIN stages s USING (stage), json_each(r.data, '$.scores') j) "
+        "WHERE v IS NOT NULL "
+        "QUALIFY row_number() OVER (PARTITION BY key, name ORDER BY position DESC, seq DESC) = 1 "
+        "ORDER BY name, key"
+    )
     out: dict[str, list[float]] = {}
-    for (_, name), v in latest.items():
+    for name, v in rows:
         out.setdefault(name, []).append(v)
     return out
+
+
+def _provenance_facts(store: Store) -> tuple[list[str], list[str], dict[str, str], dict[str, Any]]:
+    stages = [s for kind in KINDS for s in output_stages(store, kind)]
+    if not stages:
+        return [], [], {}, {}
+    base = "FROM records WHERE stage IN (SELECT unnest(?)) AND kept"
+    facts = store.query(
+        "SELECT list(DISTINCT json_extract_string(data, '$.provenance.model')), "
+        "list(DISTINCT json_extract_string(data, '$.provenance.engine')) " + base,
+        [stages],
+    )[0]
+    templates = store.query(
+        "SELECT DISTINCT json_extract_string(data, '$.provenance.template'), "
+        "json_extract_string(data, '$.provenance.template_version') " + base + " ORDER BY 1, 2",
+        [stages],
+    )
+    sampling = store.query(
+        "SELECT json_extract(data, '$.provenance.sampling') " + base + " "
+        "AND json_extract(data, '$.provenance.sampling') IS NOT NULL LIMIT 1",
+        [stages],
+    )
+    models = sorted(m for m in facts[0] or [] if m)
+    engines = sorted(e for e in facts[1] or [] if e)
+    return (
+        models,
+        engines,
+        {t: v or "" for t, v in templates if t},
+        json.loads(sampling[0][0]) if sampling else {},
+    )
 
 
 def summarize(store: Store, values: dict[str, list[float]] | None = None) -> dict[str, Any]:
@@ -49,26 +101,16 @@ def summarize(store: Store, values: dict[str, list[float]] | None = None) -> dic
                 "done": True,
             },
         )
-    sft, pref = output_records(store)
-    models, engines, templates, sampling = set(), set(), {}, {}
-    for r in [*sft, *pref]:
-        p = r.provenance
-        if p is None:
-            continue
-        if p.model:
-            models.add(p.model)
-        if p.engine:
-            engines.add(p.engine)
-        if p.template:
-            templates[p.template] = p.template_version or ""
-        sampling = sampling or p.sampling
+    models, engines, templates, sampling = _provenance_facts(store)
     values = score_values(store) if values is None else values
+    counts = {kind: sum(store.count(s, kept=True) for s in output_stages(store, kind)) for kind in KINDS}
     return {
         "name": store.run_dir.name,
         "capability": store.get_meta("capability"),
+        "recipe": config.get("recipe"),
         "funnel": funnel,
-        "models": sorted(models) or ([config["model"] or "SmolLM2-135M-Instruct"] if config else []),
-        "engines": sorted(engines) or ([config.get("engine")] if config else []),
+        "models": models or ([config.get("model") or "SmolLM2-135M-Instruct"] if config else []),
+        "engines": engines or ([config.get("engine")] if config else []),
         "templates": templates,
         "sampling": sampling,
         "seed": config.get("seed"),
@@ -76,7 +118,7 @@ def summarize(store: Store, values: dict[str, list[float]] | None = None) -> dic
         "score_stats": {n: score_stats_from_values(v) for n, v in sorted(values.items()) if v},
         "quarantined": len(quarantined),
         "quarantine": quarantined,
-        "rows": {"sft": len(sft), "preference": len(pref)},
+        "rows": counts,
         "engine_cache_entries": store.cache_size(),
     }
 

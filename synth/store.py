@@ -4,18 +4,24 @@ It holds every stage's output (kept and rejected rows, with the reason), which b
 finished, quarantined input rows, and a cache of engine calls. A stage batch and its rows are written in
 one transaction, so a run killed at any moment resumes from the last finished batch: nothing lost,
 nothing duplicated, finished batches never regenerated.
+
+At scale: a batch goes in as one Arrow table (one INSERT per batch, not one per row), and stages read
+their input as a stream of row chunks from a second cursor (``iter_rows``), so no stage holds another
+stage in memory. Selection that needs a whole stage (quantiles, gaps) asks DuckDB (``query``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from synth.engines.base import Completion, Request, SamplingParams
 from synth.records import Record, record_from_json
@@ -30,7 +36,7 @@ CREATE TABLE IF NOT EXISTS stages (
 CREATE TABLE IF NOT EXISTS batches (stage VARCHAR, batch VARCHAR, PRIMARY KEY (stage, batch));
 CREATE TABLE IF NOT EXISTS records (
     stage VARCHAR, key VARCHAR, seq BIGINT, kind VARCHAR, kept BOOLEAN, reason VARCHAR,
-    data VARCHAR, PRIMARY KEY (stage, key)
+    data VARCHAR, grp VARCHAR, PRIMARY KEY (stage, key)
 );
 CREATE TABLE IF NOT EXISTS quarantine (
     source VARCHAR, line INTEGER, field VARCHAR, error VARCHAR, raw VARCHAR,
@@ -40,6 +46,18 @@ CREATE TABLE IF NOT EXISTS engine_cache (
     key VARCHAR PRIMARY KEY, model VARCHAR, completions VARCHAR
 );
 """
+
+
+_COLUMNS: dict[str, pa.DataType] = {
+    "stage": pa.string(),
+    "key": pa.string(),
+    "seq": pa.int64(),
+    "kind": pa.string(),
+    "kept": pa.bool_(),
+    "reason": pa.string(),
+    "data": pa.string(),
+    "grp": pa.string(),
+}
 
 
 def cache_key(model: str, request: Request, params: SamplingParams | dict[str, Any]) -> str:
@@ -61,9 +79,17 @@ class Store:
         if read_only and not path.exists():
             raise FileNotFoundError(f"no run store at {path}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.db = duckdb.connect(str(path), read_only=read_only)
+        # DuckDB caches pages up to its memory limit (80% of RAM by default): bound it, so a run's
+        # memory does not grow with its store (SYNTH_DUCKDB_MEMORY, e.g. "4GB", to change it)
+        limit = os.environ.get("SYNTH_DUCKDB_MEMORY", "1GB")
+        self.db = duckdb.connect(str(path), read_only=read_only, config={"memory_limit": limit})
+        self._seq: dict[str, int] = {}
         if not read_only:
             self.db.execute(_SCHEMA)
+            # stores written before the group column existed
+            self.db.execute("ALTER TABLE records ADD COLUMN IF NOT EXISTS grp VARCHAR")
+        columns = {r[0] for r in self.db.execute("DESCRIBE records").fetchall()}
+        self._grp = "grp" if "grp" in columns else "key"  # read-only, pre-recipe store: no groups
 
     def close(self) -> None:
         self.db.close()
@@ -107,28 +133,91 @@ class Store:
         return {r[0] for r in rows}
 
     def commit_batch(self, stage: str, batch: str, records: Iterable[Record]) -> None:
-        """Write a finished batch's rows and mark it done, atomically."""
+        """Write a finished batch's rows and mark it done, atomically (one Arrow insert)."""
+        cols: dict[str, list[Any]] = {c: [] for c in _COLUMNS}
+        for rec in records:
+            last_reject = next((v for v in reversed(rec.verdicts) if not v.kept), None)
+            cols["key"].append(rec.id)
+            cols["kind"].append(rec.kind)
+            cols["kept"].append(rec.kept)
+            cols["reason"].append(last_reject.reason if last_reject else None)
+            cols["data"].append(rec.to_json())
+            cols["grp"].append(rec.group_key)
+        n = len(cols["key"])
+        seq = self._next_seq(stage)
+        cols["stage"] = [stage] * n
+        cols["seq"] = list(range(seq, seq + n))
+        table = pa.table({c: pa.array(cols[c], type=_COLUMNS[c]) for c in _COLUMNS})
         with self.transaction():
-            seq = self.db.execute(
+            if n:
+                self.db.from_arrow(table).insert_into("records")  # columns in the table's order
+            self.db.execute("INSERT INTO batches VALUES (?, ?)", [stage, batch])
+        self._seq[stage] = seq + n  # only once committed: a failed batch leaves the counter alone
+
+    def _next_seq(self, stage: str) -> int:
+        if stage not in self._seq:
+            self._seq[stage] = self.db.execute(
                 "SELECT coalesce(max(seq), -1) + 1 FROM records WHERE stage = ?", [stage]
             ).fetchone()[0]
-            rows = []
-            for i, rec in enumerate(records):
-                last_reject = next((v for v in reversed(rec.verdicts) if not v.kept), None)
-                rows.append(
-                    [
-                        stage,
-                        rec.id,
-                        seq + i,
-                        rec.kind,
-                        rec.kept,
-                        last_reject.reason if last_reject else None,
-                        rec.to_json(),
-                    ]
-                )
-            if rows:
-                self.db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-            self.db.execute("INSERT INTO batches VALUES (?, ?)", [stage, batch])
+        return self._seq[stage]
+
+    def iter_rows(
+        self,
+        stages: str | Sequence[str],
+        kept: bool | None = None,
+        *,
+        order: str = "run",
+        latest: bool = False,
+        chunk: int = 2048,
+    ) -> Iterator[tuple[str, str, str, str]]:
+        """Stream (key, kind, grp, data) of the rows of ``stages`` without loading them all.
+
+        ``order``: "run" (stage by stage in the given order, then as written) or "group" (by group
+        key, then as written: every group's rows arrive together). ``latest``: one row per key, its
+        last appearance over ``stages`` (a candidate that went round a repair loop). A separate
+        cursor streams, so the caller may commit other stages while it reads.
+        """
+        stages = [stages] if isinstance(stages, str) else list(stages)
+        rank = " ".join(f"WHEN ? THEN {i}" for i in range(len(stages)))
+        base = (
+            f"SELECT key, kind, {self._grp} AS grp, data, kept, seq, CASE stage {rank} END AS s FROM records "
+            f"WHERE stage IN (SELECT unnest(?))"
+        )
+        args: list[Any] = [*stages, stages]
+        if latest:
+            base = f"SELECT * FROM ({base}) QUALIFY row_number() OVER (PARTITION BY key ORDER BY s DESC) = 1"
+        sql = f"SELECT key, kind, grp, data FROM ({base})"
+        if kept is not None:
+            sql += " WHERE kept = ?"
+            args.append(kept)
+        sql += " ORDER BY grp, s, seq" if order == "group" else " ORDER BY s, seq"
+        cur = self.db.cursor()
+        try:
+            reader = cur.sql(sql, params=args).to_arrow_reader(chunk)
+            for rb in reader:
+                cols = rb.to_pydict()
+                yield from zip(cols["key"], cols["kind"], cols["grp"], cols["data"], strict=True)
+        finally:
+            cur.close()
+
+    def iter_records(
+        self, stages: str | Sequence[str], kept: bool | None = None, **kw: Any
+    ) -> Iterator[Record]:
+        for _key, kind, _grp, data in self.iter_rows(stages, kept, **kw):
+            yield record_from_json(data, kind)
+
+    def count(self, stages: str | Sequence[str], kept: bool | None = None) -> int:
+        stages = [stages] if isinstance(stages, str) else list(stages)
+        sql = "SELECT count(*) FROM records WHERE stage IN (SELECT unnest(?))"
+        args: list[Any] = [stages]
+        if kept is not None:
+            sql += " AND kept = ?"
+            args.append(kept)
+        return self.db.execute(sql, args).fetchone()[0]
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
+        """An aggregate over the store (e.g. a score quantile): DuckDB does the whole-stage work."""
+        return self.db.execute(sql, list(args)).fetchall()
 
     def records(self, stage: str, kept: bool | None = None) -> list[Record]:
         sql = "SELECT data FROM records WHERE stage = ?"
@@ -136,33 +225,30 @@ class Store:
         if kept is not None:
             sql += " AND kept = ?"
             args.append(kept)
-        rows = self.db.execute(sql + " ORDER BY seq", args).fetchall()
-        return [record_from_json(r[0]) for r in rows]
-
-    def records_in_run_order(self) -> list[Record]:
-        """Every stage's rows, stage by stage as the run went, in one query."""
-        rows = self.db.execute(
-            "SELECT r.data FROM records r JOIN stages s USING (stage) ORDER BY s.position, r.seq"
-        ).fetchall()
-        return [record_from_json(r[0]) for r in rows]
+        rows = self.db.execute(sql.replace("SELECT data", "SELECT data, kind") + " ORDER BY seq", args)
+        return [record_from_json(d, k) for d, k in rows.fetchall()]
 
     def funnel(self) -> list[dict[str, Any]]:
-        """Rows in and out per stage, in run order, with rejection reasons and counts."""
+        """Rows in and out per stage, in run order, with rejection reasons and counts (two aggregate
+        queries, whatever the run's size)."""
         stages = self.db.execute("SELECT stage, rows_in, done FROM stages ORDER BY position").fetchall()
+        counts = {
+            stage: (k, r)
+            for stage, k, r in self.db.execute(
+                "SELECT stage, count(*) FILTER (WHERE kept), count(*) FILTER (WHERE NOT kept) "
+                "FROM records GROUP BY stage"
+            ).fetchall()
+        }
+        by_stage: dict[str, dict[str, int]] = {}
+        for stage, reason, n in self.db.execute(
+            "SELECT stage, reason, count(*) FROM records WHERE NOT kept "
+            "GROUP BY stage, reason ORDER BY count(*) DESC, reason"
+        ).fetchall():
+            by_stage.setdefault(stage, {})[reason] = n
         out = []
         for stage, rows_in, done in stages:
-            kept, rejected = self.db.execute(
-                "SELECT count(*) FILTER (WHERE kept), count(*) FILTER (WHERE NOT kept) "
-                "FROM records WHERE stage = ?",
-                [stage],
-            ).fetchone()
-            reasons = dict(
-                self.db.execute(
-                    "SELECT reason, count(*) FROM records WHERE stage = ? AND NOT kept "
-                    "GROUP BY reason ORDER BY count(*) DESC, reason",
-                    [stage],
-                ).fetchall()
-            )
+            kept, rejected = counts.get(stage, (0, 0))
+            reasons = by_stage.get(stage, {})
             out.append(
                 {
                     "stage": stage,
@@ -198,10 +284,19 @@ class Store:
         return {k: [Completion.from_dict(c) for c in json.loads(v)] for k, v in rows}
 
     def cache_put(self, model: str, entries: dict[str, list[Completion]]) -> None:
-        rows = [[k, model, json.dumps([c.to_dict() for c in comps])] for k, comps in entries.items()]
-        if rows:
-            with self.transaction():
-                self.db.executemany("INSERT OR REPLACE INTO engine_cache VALUES (?, ?, ?)", rows)
+        if not entries:
+            return
+        fresh = pa.table(
+            {
+                "key": pa.array(list(entries), pa.string()),
+                "model": pa.array([model] * len(entries), pa.string()),
+                "completions": pa.array(
+                    [json.dumps([c.to_dict() for c in comps]) for comps in entries.values()], pa.string()
+                ),
+            }
+        )
+        with self.transaction():  # one Arrow insert per call (DuckDB reads the local table by name)
+            self.db.execute("INSERT OR REPLACE INTO engine_cache SELECT * FROM fresh")
 
     def cache_size(self) -> int:
         return self.db.execute("SELECT count(*) FROM engine_cache").fetchone()[0]

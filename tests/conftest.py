@@ -4,11 +4,14 @@ control-flow tests (never the only test of a feature)."""
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# exports are memory-mapped through an Arrow cache: keep the suite's out of the user's cache
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="synth-test-hf-"))
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""`synth run code` end to end on the real embedded model and the real sandbox, through the CLI.
+"""`synth run code` (the code recipe) end to end on the real embedded model and the real sandbox,
+through the CLI.
 
 A 135M model writes almost no passing code: the test checks the mechanics (every candidate reaches a
 verdict, the funnel accounts for every row, stats and export read the run), not the yield.
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from synth.generators.code import DEFAULT_CORPUS
+from synth.recipes.code import DEFAULT_CORPUS
 from synth.store import Store
 
 pytestmark = pytest.mark.slow
@@ -39,12 +40,13 @@ def test_code_run_on_the_embedded_model(tmp_path):
     )  # fmt: skip
     done = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "solutions:" in done.stdout
+    assert "outcomes:" in done.stdout
 
     store = Store(out, read_only=True)
     try:
         funnel = {f["stage"]: f for f in store.funnel()}
         outcomes = store.get_meta("outcomes")
+        outputs = store.get_meta("outputs")
         solved = store.records("solutions")
         executed = store.records("execute_round0")
         cache = store.cache_size()
@@ -54,28 +56,31 @@ def test_code_run_on_the_embedded_model(tmp_path):
         "snippets", "write_problems", "solve", "write_tests", "execute_round0", "repair_round1",
         "execute_round1",
     ]  # fmt: skip
-    assert list(funnel)[-4:] == ["bt_document", "bt_regenerate", "bt_judge", "collect_sft"]
+    assert list(funnel)[-3:] == ["bt_document", "bt_regenerate", "bt_judge"]
+    assert outputs["prompts"] == "write_problems"
+    assert outputs["sft"] == ["solutions", "run_javascript", "bt_judge"]
     assert all(f["done"] for f in funnel.values())
     assert funnel["snippets"]["kept"] == 2 and funnel["write_problems"]["rows_in"] == 2
     # every stage's rows are kept or rejected with a reason, and each stage takes the kept rows of its source
     for f in funnel.values():
         assert sum(f["reasons"].values()) == f["rejected"]
     assert funnel["execute_round0"]["rows_in"] == funnel["solve"]["kept"] == funnel["write_problems"]["kept"]
-    failed0 = funnel["execute_round0"]["rejected"] - funnel["execute_round0"]["reasons"].get(
-        "sandbox_error", 0
-    )
-    assert funnel["repair_round1"]["rows_in"] == failed0
+    # repair round 1 reads every failure of round 0; a sandbox error (not the model's fault) passes
+    # through unasked and still rejected
+    assert funnel["repair_round1"]["rows_in"] == funnel["execute_round0"]["rejected"]
+    sandbox_errors = funnel["execute_round0"]["reasons"].get("sandbox_error", 0)
+    assert funnel["repair_round1"]["reasons"].get("sandbox_error", 0) == sandbox_errors
     assert funnel["execute_round1"]["rows_in"] == funnel["repair_round1"]["kept"]
     # each candidate ends with exactly one outcome, and the real sandbox / ruff produced the verdicts
     assert sum(outcomes.values()) == len(solved) == funnel["execute_round0"]["rows_in"]
-    assert all(a["reason"] or a["passed"] for r in executed for a in r.meta["attempts"])
+    assert all(a.reason or a.passed for r in executed for a in r.attempts)
     assert funnel["bt_document"]["rows_in"] == 2 + funnel["solutions"]["kept"]
     assert cache > 0
 
     stats = subprocess.run(synth("stats", str(out), "--json"), env=ENV, capture_output=True, text=True)
     summary = json.loads(stats.stdout)
     assert summary["capability"] == "code" and summary["models"] == ["SmolLM2-135M-Instruct"]
-    assert summary["rows"]["sft"] == funnel["collect_sft"]["kept"]
+    assert summary["rows"]["sft"] == sum(funnel[s]["kept"] for s in outputs["sft"])
 
     # resuming a finished run changes nothing and asks the model nothing new
     again = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=300)

@@ -1,6 +1,7 @@
-"""`synth run code` mechanics with a scripted model whose code is known right or wrong, run in the real
+"""The code recipe's mechanics with a scripted model whose code is known right or wrong, run in the real
 sandbox: the repair loop, the outcome funnel, preference pairs checked by execution, translation kept
-only when it reproduces the recorded I/O cases, backtranslation, resume after a crash."""
+only when it reproduces the recorded I/O cases, backtranslation, the declared outputs, resume after a
+crash."""
 
 from __future__ import annotations
 
@@ -12,9 +13,13 @@ import pandas as pd
 import pytest
 from conftest import ScriptedEngine
 
+from synth.config import ConfigError
 from synth.export import export_dataset
-from synth.generators.code import DEFAULT_CORPUS, CodeConfig, run_code
-from synth.records import PreferenceRecord
+from synth.prompt_sources import prompts_of_run
+from synth.recipe import run_recipe
+from synth.recipes.code import DEFAULT_CORPUS, CodeConfig
+from synth.records import PreferenceRecord, SFTRecord
+from synth.stages.code.items import Candidate, IOCase, Translation
 from synth.stats import output_records, summarize
 from synth.store import Store
 
@@ -76,14 +81,20 @@ def funnel(store: Store) -> dict[str, dict]:
 
 
 def test_repair_loop_funnel_and_outputs(tmp_path, corpus):
-    run = run_code(config(tmp_path / "run", corpus), engine=ScriptedEngine(reply))
+    run = run_recipe("code", config(tmp_path / "run", corpus), engine=ScriptedEngine(reply))
     f = funnel(run.store)
     assert list(f) == [
         "snippets", "write_problems", "solve", "write_tests", "execute_round0", "repair_round1",
         "execute_round1", "solutions", "preference_pairs", "io_cases", "translate_javascript",
         "run_javascript", "translate_php", "run_php", "bt_document", "bt_regenerate", "bt_judge",
-        "collect_sft",
     ]  # fmt: skip
+    # several output stages of each kind, declared by the recipe (no collecting stage)
+    assert run.store.get_meta("outputs") == {
+        "prompts": "write_problems",
+        "sft": ["solutions", "run_javascript", "run_php", "bt_judge"],
+        "preference": ["preference_pairs"],
+    }
+    assert run.store.get_meta("capability") == "code"
     # first try: the right sample passes, the buggy one fails its asserts, the broken one is caught by ruff
     assert (f["execute_round0"]["kept"], f["execute_round0"]["reasons"]) == (
         1, {"syntax_error": 1, "test_failed": 1},
@@ -98,10 +109,14 @@ def test_repair_loop_funnel_and_outputs(tmp_path, corpus):
     solved = {r.id: r for r in run.store.records("solutions")}
     s0 = solved["primes-p0-s0"]
     assert [v.reason for v in s0.verdicts if v.stage == "solutions"] == ["passed_after_repair_1"]
+    assert isinstance(s0, SFTRecord) and s0.meta["outcome"] == "passed_after_repair_1"
     assert [a["reason"] for a in s0.meta["attempts"]] == ["test_failed", None]
     assert "AssertionError" in s0.meta["attempts"][0]["feedback"]
     assert s0.messages[0].content.startswith("Write a function `double(x)`")
     assert s0.response == "```python\ndef double(x):\n    return x + x\n```"
+    s2 = solved["primes-p0-s2"]  # never passed: stays a typed candidate, rejected with its last failure
+    assert isinstance(s2, Candidate) and not s2.kept and s2.meta["last_failure"] == "no_change"
+    assert [a.reason for a in s2.attempts] == ["syntax_error"] and s2.repairs == ["I cannot fix it."]
 
     # preference: repaired s0 vs its own buggy first try, and the passing s1 vs the never-passing s2,
     # both confirmed failing on the passing tests in the sandbox
@@ -114,8 +129,8 @@ def test_repair_loop_funnel_and_outputs(tmp_path, corpus):
     assert pairs["primes-p0-s1-vs-primes-p0-s2"].meta["rejected_fails_with"] == "runtime_error"
 
     # translation: JS reproduces the recorded cases, the PHP one does not
-    cases = run.store.records("io_cases")[0].meta["io_cases"]
-    assert {"fn": "double", "args": [3], "result": 6} in cases
+    cases = run.store.records("io_cases")[0]
+    assert isinstance(cases, Translation) and IOCase(fn="double", args=[3], result=6) in cases.cases
     assert (f["run_javascript"]["kept"], f["run_php"]["reasons"]) == (2, {"wrong_output": 2})
 
     # backtranslation of the corpus file and the two passing solutions, judged 8 >= 7
@@ -125,17 +140,17 @@ def test_repair_loop_funnel_and_outputs(tmp_path, corpus):
 
     sft, pref = output_records(run.store)
     assert len(sft) == 2 + 2 + 3 and len(pref) == 2
-    assert {r.provenance.template for r in sft} == {
-        "code_solve",
-        "code_translate_javascript",
-        "code_backtranslate",
-    }
+    assert {r.provenance.template for r in sft} == {"code/solve", "code/translate", "code/document"}
+    assert all(isinstance(r, SFTRecord) for r in sft)
     summary = summarize(run.store)
     run.close()
     # `synth export` reads the declared outputs unchanged
     path = export_dataset(sft, pref, tmp_path / "ds", summary, test_fraction=0.0)
     rows = pd.concat(pd.read_parquet(p) for p in Path(path).rglob("*.parquet"))
     assert len(rows) == len(sft) + len(pref)
+    # rejection sampling can take the run's problems as its prompts (Problem.as_prompt)
+    [prompt] = prompts_of_run(tmp_path / "run")
+    assert prompt.id == "primes-p0" and prompt.messages[0].content == PROBLEM.removeprefix("Problem: ")
 
 
 def test_wrong_tests_are_repaired_without_a_preference_pair(tmp_path, corpus):
@@ -148,7 +163,9 @@ def test_wrong_tests_are_repaired_without_a_preference_pair(tmp_path, corpus):
             return "The tests were wrong.\n" + TESTS.replace("```python\n", "```python\n# tests\n")
         return reply(msgs, 1, sampling)  # always the right solution
 
-    run = run_code(config(tmp_path / "run", corpus, k=1, languages=[]), engine=ScriptedEngine(wrong_tests))
+    run = run_recipe(
+        "code", config(tmp_path / "run", corpus, k=1, languages=[]), engine=ScriptedEngine(wrong_tests)
+    )
     sol = run.store.records("solutions")[0]
     assert sol.meta["outcome"] == "passed_after_repair_1"
     assert sol.meta["attempts"][0]["code"] == sol.meta["code"]  # only the tests changed
@@ -163,7 +180,7 @@ def test_threshold_drops_unfaithful_backtranslations(tmp_path, corpus):
             return "Score: 3\nRationale: Different."
         return reply(msgs, j, sampling)
 
-    run = run_code(config(tmp_path / "run", corpus, languages=[]), engine=ScriptedEngine(low))
+    run = run_recipe("code", config(tmp_path / "run", corpus, languages=[]), engine=ScriptedEngine(low))
     assert funnel(run.store)["bt_judge"]["reasons"] == {"below_threshold": 3}
     assert all(r.scores["faithfulness"] == 3.0 for r in run.store.records("bt_judge"))
     run.close()
@@ -174,7 +191,7 @@ class Crash(RuntimeError):
 
 
 def test_a_crashed_run_resumes_to_the_same_rows(tmp_path, corpus):
-    ref = run_code(config(tmp_path / "ref", corpus), engine=ScriptedEngine(reply))
+    ref = run_recipe("code", config(tmp_path / "ref", corpus), engine=ScriptedEngine(reply))
     expected = {f["stage"]: (f["kept"], f["rejected"]) for f in ref.store.funnel()}
     ref_ids = {s: [r.id for r in ref.store.records(s)] for s in expected}
     ref.close()
@@ -188,7 +205,7 @@ def test_a_crashed_run_resumes_to_the_same_rows(tmp_path, corpus):
         return reply(msgs, j, sampling)
 
     with pytest.raises(Crash):
-        run_code(config(tmp_path / "run", corpus), engine=ScriptedEngine(crashing))
+        run_recipe("code", config(tmp_path / "run", corpus), engine=ScriptedEngine(crashing))
     before = funnel(Store(tmp_path / "run"))
     assert before["execute_round0"]["done"] and not before["repair_round1"]["done"]
     asked = []
@@ -197,7 +214,7 @@ def test_a_crashed_run_resumes_to_the_same_rows(tmp_path, corpus):
         asked.append(msgs[-1]["content"])
         return reply(msgs, j, sampling)
 
-    run = run_code(config(tmp_path / "run", corpus), engine=ScriptedEngine(recording))
+    run = run_recipe("code", config(tmp_path / "run", corpus), engine=ScriptedEngine(recording))
     assert {f["stage"]: (f["kept"], f["rejected"]) for f in run.store.funnel()} == expected
     assert {s: [r.id for r in run.store.records(s)] for s in expected} == ref_ids
     # finished stages were not redone: no problem, solution or test prompt reached the model again
@@ -209,5 +226,9 @@ def test_a_crashed_run_resumes_to_the_same_rows(tmp_path, corpus):
 
 
 def test_config_rejects_unknown_languages(tmp_path):
-    with pytest.raises(ValueError, match="cpp"):
+    with pytest.raises(ConfigError, match="cpp"):
         CodeConfig(out=str(tmp_path), languages=["javascript", "cpp"])
+    with pytest.raises(ConfigError, match="backend must be one of local, docker"):
+        CodeConfig(out=str(tmp_path), backend="vm")
+    with pytest.raises(ConfigError, match=r"repair_rounds must be in \[0, inf\)"):
+        CodeConfig(out=str(tmp_path), repair_rounds=-1)

@@ -1,18 +1,25 @@
 """The code stages' rules, each on known inputs: extraction, ruff, the test harness and the
-translation harness (both in the real sandbox)."""
+translation harness (both in the real sandbox); the typed items through the store; an unusable reply
+kept as an ``Unparsed`` row."""
 
 from __future__ import annotations
 
 import pytest
+from conftest import ScriptedEngine
 
 from sandboxes import Job, Limits
-from synth.stages.code.common import Sandbox, cut_to_sentence
-from synth.stages.code.execute import classify
+from synth.engines.base import SamplingParams
+from synth.pipeline import Run
+from synth.records import Message, Unparsed
+from synth.stages.code.common import cut_to_sentence
+from synth.stages.code.execute import Execute, classify
 from synth.stages.code.extract import extract_code, split_repair
-from synth.stages.code.problems import parse_problem, read_corpus
+from synth.stages.code.items import Attempt, Candidate, IOCase, Problem
+from synth.stages.code.problems import WriteProblems, parse_problem, read_corpus
 from synth.stages.code.static import ruff_check, verdict
 from synth.stages.code.translate import classify_translation, translation_job
 from synth.stages.code.unittests import build_test_script
+from synth.stages.execute import Sandbox
 
 SANDBOX = Sandbox()
 ADD = "def add(a, b):\n    return a + b\n"
@@ -66,9 +73,16 @@ def test_problem_parsing():
 
 
 def test_shipped_corpus_reads_and_runs():
-    snippets = read_corpus("pipelines/data/code_corpus")
+    snippets = list(read_corpus("pipelines/data/code_corpus"))
     assert len(snippets) >= 8 and len({s.id for s in snippets}) == len(snippets)
-    assert all(verdict(f) is None for f in ruff_check([s.meta["code"] for s in snippets]))
+    assert all(verdict(f) is None for f in ruff_check([s.code for s in snippets]))
+
+
+def test_a_missing_corpus_fails_before_any_file_is_read(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        read_corpus(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="no .py files"):
+        read_corpus(tmp_path)
 
 
 def run_tests(tests: str, code: str = ADD, timeout_s: float = 10):
@@ -118,7 +132,7 @@ def test_tests_run_against_the_solution_not_their_own_copy():
     assert run_tests("def add(a, b):\n    return a + b\nassert add(1, 2) == 3\n", code=buggy) == "test_failed"
 
 
-CASES = [{"fn": "add_all", "args": [[1, 2, 3]], "result": 6}, {"fn": "half", "args": [3], "result": 1.5}]
+CASES = [IOCase(fn="add_all", args=[[1, 2, 3]], result=6), IOCase(fn="half", args=[3], result=1.5)]
 JS_OK = "function addAll(xs) { return xs.reduce((a, b) => a + b, 0); }\nconst half = (x) => x / 2;\n"
 PHP_OK = "<?php\nfunction add_all($xs) { return array_sum($xs); }\nfunction half($x) { return $x / 2; }\n"
 
@@ -137,25 +151,20 @@ PHP_OK = "<?php\nfunction add_all($xs) { return array_sum($xs); }\nfunction half
     ],
 )
 def test_translation_harness(lang, code, expected):
-    res = SANDBOX.run([translation_job(code, lang, CASES, Sandbox())])[0]
+    res = SANDBOX.run([translation_job(code, lang, CASES, SANDBOX.limits)])[0]
     assert classify_translation(res) == expected, res.stderr
 
 
 def test_cpp_has_no_translation_harness():
     with pytest.raises(ValueError, match="no translation harness"):
-        translation_job("int main() {}", "cpp", CASES, SANDBOX)
+        translation_job("int main() {}", "cpp", CASES, SANDBOX.limits)
 
 
-def candidate(cid: str, code: str | None, tests: str | None):
-    from synth.records import Message, SFTRecord
-
-    meta = {"problem": "p", "problem_id": "p", "code": code, "tests": tests, "round": 0, "attempts": []}
-    return SFTRecord(id=cid, messages=[Message(role="user", content="p")], meta=meta)
+def candidate(cid: str, code: str | None, tests: str | None) -> Candidate:
+    return Candidate(id=cid, problem_id="p", snippet_id="s", problem="p", code=code, tests=tests)
 
 
 def test_execute_reasons_and_feedback():
-    from synth.stages.code.execute import Execute
-
     cands = [
         candidate("ok", ADD, "assert add(1, 2) == 3\n"),
         candidate("nocode", None, None),
@@ -163,12 +172,48 @@ def test_execute_reasons_and_feedback():
         candidate("lint", "def f():\n    return undefined_name\n", "assert f() == 1\n"),
         candidate("fail", "import os\n\n" + ADD, "assert add(1, 2) == 4\n"),
     ]
-    out = {c.id: c for c in Execute(SANDBOX, "execute_round0")(cands)}
+    stage = Execute(sandbox=SANDBOX, round=0)
+    assert stage.name == "execute_round0"
+    out = {c.id: c for c in stage(cands)}
     assert [out[i].verdicts[-1].reason for i in out] == [None, "no_code", "no_tests", "lint", "test_failed"]
-    assert out["ok"].kept and out["ok"].meta["attempts"] == [
-        {"round": 0, "code": ADD, "tests": "assert add(1, 2) == 3\n", "passed": True, "reason": None,
-         "feedback": "", "lint": []},
+    assert out["ok"].kept and out["ok"].attempts == [
+        Attempt(round=0, code=ADD, tests="assert add(1, 2) == 3\n", passed=True, reason=None, feedback="",
+                lint=[]),
     ]  # fmt: skip
-    assert "F821 Undefined name `undefined_name`" in out["lint"].meta["attempts"][0]["feedback"]
-    fb = out["fail"].meta["attempts"][0]["feedback"]
+    assert out["ok"].last_run["status"] == "ok" and out["nocode"].last_run is None
+    assert "F821 Undefined name `undefined_name`" in out["lint"].attempts[0].feedback
+    fb = out["fail"].attempts[0].feedback
     assert "AssertionError" in fb and "assert add(1, 2) == 4" in fb and "F401" in fb
+
+
+def test_typed_items_round_trip_through_the_store(tmp_path):
+    cand = candidate("c1", ADD, "assert add(1, 2) == 3\n")
+    cand.attempts.append(Attempt(round=0, code=ADD, tests=None, passed=False, reason="no_tests", lint=["x"]))
+    cand.keep("execute_round0")
+    run = Run(tmp_path / "run")
+    run.source("candidates", [cand])
+    [back] = run.store.records("candidates")
+    run.close()
+    assert isinstance(back, Candidate) and back == cand
+    assert isinstance(back.attempts[0], Attempt) and back.attempts[0].reason == "no_tests"
+    assert back.group_key == "p"  # grouped stages see a problem's candidates together
+
+
+def test_a_problem_stands_for_its_chat_prompt():
+    prob = Problem(id="s-p0", snippet_id="s", problem="Write `f()` returning 1.")
+    assert prob.as_prompt() == [Message(role="user", content="Write `f()` returning 1.")]
+
+
+def test_an_unusable_reply_is_stored_as_unparsed(tmp_path):
+    [snippet] = read_corpus("pipelines/data/code_corpus", limit=1)
+    run = Run(tmp_path / "run")
+    snippets = run.source("snippets", [snippet])
+    engine = ScriptedEngine(lambda msgs, j, sampling: ["ok", "Problem: " + "word " * 9 + "."][j])
+    problems = run.map(WriteProblems(engine=engine, sampling=SamplingParams(n=2)), snippets)
+    rows = {r.id: r for r in run.store.records(problems.stages[0])}
+    run.close()
+    bad, good = rows[f"{snippet.id}-p0"], rows[f"{snippet.id}-p1"]
+    assert isinstance(bad, Unparsed) and not bad.kept
+    assert (bad.raw, bad.input_id, bad.verdicts[-1].reason) == ("ok", snippet.id, "too_short")
+    assert bad.provenance.template == "code/problem" and bad.provenance.source == snippet.path
+    assert isinstance(good, Problem) and good.kept and good.snippet_id == snippet.id

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
@@ -20,8 +22,10 @@ from synth.export import (
     export_dataset,
     load_export,
     push_to_hub,
+    sft_row,
     size_category,
 )
+from synth.export.writer import ROW_GROUP_ROWS
 from synth.records import PreferenceRecord, Provenance, SFTRecord
 
 # The schema the trainers consume, spelled out here independently of synth.export.
@@ -121,6 +125,18 @@ def front_matter(card: str) -> dict:
 def split_ids(out: Path, config: str) -> dict[str, list[str]]:
     return {
         s: pq.read_table(out / config / f"{s}-00000-of-00001.parquet").column("id").to_pylist()
+        for s in ("train", "test")
+    }
+
+
+def shard_ids(out: Path, config: str) -> dict[str, list[str]]:
+    """Ids per split over every shard, in shard order."""
+    return {
+        s: [
+            i
+            for f in sorted((out / config).glob(f"{s}-*.parquet"))
+            for i in pq.read_table(f)["id"].to_pylist()
+        ]
         for s in ("train", "test")
     }
 
@@ -296,6 +312,124 @@ def test_assign_splits_fraction_and_guarantees():
     assert set(assign_splits(ids[:10], 0.0)) == {"train"}
     with pytest.raises(ValueError):
         assign_splits(ids, -0.1)
+
+
+# --------------------------------------------------------------------------- streaming, shards
+
+
+def sft_stream(n: int, produced: list[int] | None = None, on_last=None) -> Iterator[SFTRecord]:
+    """n kept SFT records, made one at a time; counts them into ``produced[0]``."""
+    for i in range(n):
+        if produced is not None:
+            produced[0] += 1
+        if on_last is not None and i == n - 1:
+            on_last()
+        yield SFTRecord(
+            id=f"r{i:06d}",
+            messages=[
+                {"role": "user", "content": f"question {i}?"},
+                {"role": "assistant", "content": f"answer {i}, " * 4},
+            ],
+            scores={"quality": (i % 100) / 100},
+        )
+
+
+def test_generator_export_streams_into_shards(tmp_path):
+    n, shard_rows = 25_000, 10_000
+    out = tmp_path / "gen"
+    produced = [0]
+    tmp_files_before_end: list[Path] = []
+
+    tracemalloc.start()
+    try:
+        stream = sft_stream(n, produced, lambda: tmp_files_before_end.extend((out / "sft").glob("*.tmp")))
+        export_dataset(stream, iter([]), out, {}, test_fraction=0.5, seed=3, shard_rows=shard_rows)
+        _, streamed_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        records = list(sft_stream(n))
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert produced == [n]
+    # Shards were on disk before the input ended, and the export never held the records.
+    assert len(tmp_files_before_end) >= 2
+    assert streamed_peak < held / 4, (streamed_peak, held)
+
+    names = {s: sorted(f.name for f in (out / "sft").glob(f"{s}-*")) for s in ("train", "test")}
+    for split, files in names.items():
+        assert len(files) >= 2
+        assert files == [f"{split}-{i:05d}-of-{len(files):05d}.parquet" for i in range(len(files))]
+        first = pq.ParquetFile(out / "sft" / files[0])
+        assert first.metadata.num_rows == shard_rows
+        assert (
+            max(first.metadata.row_group(g).num_rows for g in range(first.num_row_groups)) <= ROW_GROUP_ROWS
+        )
+    assert not list(out.rglob("*.tmp"))
+
+    dd = load_export(out, "sft", cache_dir=tmp_path / "cache")
+    loaded = {row["id"]: row for split in dd.values() for row in split.to_list()}
+    assert loaded == {r.id: sft_row(r) for r in records}
+
+    from_list = export_dataset(
+        records, [], tmp_path / "list", {}, test_fraction=0.5, seed=3, shard_rows=shard_rows
+    )
+    ids = shard_ids(out, "sft")
+    assert ids == shard_ids(from_list, "sft")  # same rows, same order
+    where = assign_splits([r.id for r in records], 0.5, seed=3)
+    assert {s: sorted(v) for s, v in ids.items()} == {
+        s: sorted(r.id for r, w in zip(records, where, strict=True) if w == s) for s in ("train", "test")
+    }
+    meta = front_matter((out / "README.md").read_text())
+    assert meta["size_categories"] == ["10K<n<100K"]
+    assert f"| `sft` | {len(ids['train'])} | {len(ids['test'])} | {n} |" in (out / "README.md").read_text()
+
+
+def test_re_export_leaves_no_stale_shards(tmp_path):
+    out = tmp_path / "ds"
+    export_dataset(sft_stream(25), [], out, {}, test_fraction=0.3, shard_rows=4)
+    assert len(list((out / "sft").glob("train-*.parquet"))) >= 3
+    (out / "sft" / "train-00009.parquet.tmp").write_bytes(b"left by a killed export")
+
+    export_dataset(sft_stream(7), make_pref(n=3, rejected=()), out, {}, test_fraction=0.3, shard_rows=4)
+    ids = shard_ids(out, "sft")
+    expected = {f"r{i:06d}" for i in range(7)}
+    assert sorted(ids["train"] + ids["test"]) == sorted(expected)
+    for config in ("sft", "preference"):
+        for split in ("train", "test"):
+            files = sorted(f.name for f in (out / config).iterdir() if f.name.startswith(split))
+            assert files == [f"{split}-{i:05d}-of-{len(files):05d}.parquet" for i in range(len(files))]
+    assert not list(out.rglob("*.tmp"))
+    reread = load_export(out, "sft", cache_dir=tmp_path / "cache")
+    assert {r["id"] for s in reread.values() for r in s} == expected
+    assert {r["id"] for s in load(out, "sft", tmp_path).values() for r in s} == expected  # card globs
+
+
+def test_failed_export_keeps_the_previous_dataset(tmp_path):
+    out = export_dataset(sft_stream(9), [], tmp_path / "ds", {}, shard_rows=4)
+    before = {f: f.read_bytes() for f in out.rglob("*") if f.is_file()}
+
+    def broken() -> Iterator[SFTRecord]:
+        yield from sft_stream(6)
+        raise RuntimeError("store went away")
+
+    with pytest.raises(RuntimeError, match="store went away"):
+        export_dataset(broken(), [], out, {}, shard_rows=4)
+    with pytest.raises(TypeError, match="PreferenceRecord"):
+        export_dataset(iter([*sft_stream(5), *make_pref(n=1)]), [], out, {}, shard_rows=4)
+    assert {f: f.read_bytes() for f in out.rglob("*") if f.is_file()} == before
+
+
+def test_stream_split_guarantee_matches_assign_splits(tmp_path):
+    """Every id hashes into one split: the export moves the same row as the list function does."""
+    for fraction, n_test in ((1e-9, 1), (1 - 1e-9, 4)):
+        records = list(sft_stream(5))
+        out = export_dataset(iter(records), [], tmp_path / str(fraction), {}, test_fraction=fraction)
+        where = assign_splits([r.id for r in records], fraction)
+        assert where.count("test") == n_test
+        # the moved row is written at the end of its split, so compare as sets
+        assert {s: sorted(v) for s, v in shard_ids(out, "sft").items()} == {
+            s: sorted(r.id for r, w in zip(records, where, strict=True) if w == s) for s in ("train", "test")
+        }
 
 
 # --------------------------------------------------------------------------- card

@@ -1,4 +1,4 @@
-"""RewardModel scores as the RM trainer reads rewards; RewardScorer as a drop-in Scorer.
+"""RewardModel scores as the RM trainer reads rewards; RewardStage, the reward-model scoring stage.
 
 Also home of ``keyword_reward_model``: a tiny reward model set by hand so that its reward grows with
 the share of "good" tokens in the conversation (test_sample.py uses it too)."""
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from synth.records import Message, SFTRecord
-from synth.stages.reward import RewardModel, RewardScorer
+from synth.stages.reward import RewardModel, RewardStage
 from synth.stages.select import best_of_k
 from train.rm import RewardCollator, sequence_rewards, tokenize_row
 from train.tiny import embedded_tokenizer, save_tiny_causal_lm, tiny_reward_model
@@ -153,16 +153,16 @@ def record(rid: str, prompt_id: str, answer: str | None) -> SFTRecord:
     return SFTRecord(id=rid, messages=messages, meta={"prompt_id": prompt_id})
 
 
-def test_reward_scorer_replaces_the_judge(keyword_rm):
+def test_reward_stage_scores_each_response(keyword_rm):
     records = [
         record("p-0", "p", "good bad bad"),
         record("p-1", "p", "good good good"),
         record("p-2", "p", None),  # the engine returned nothing
         record("p-3", "p", "bad bad bad"),
     ]
-    scorer = RewardScorer(keyword_rm)
-    out = scorer(records)
-    assert out is records and scorer.name == "rm"
+    stage = RewardStage(name="rm_score", score="rm", rm=keyword_rm)
+    out = stage(records)
+    assert out is records and stage.model is keyword_rm
     with_response = [r for r in records if r.response]
     expected = keyword_rm.score(
         [[{"role": "user", "content": "Say something."}]] * 3, [r.response for r in with_response]
@@ -173,3 +173,31 @@ def test_reward_scorer_replaces_the_judge(keyword_rm):
 
     best = best_of_k([r for r in records if r.kept], "rm")
     assert [r.id for r in best if r.kept] == ["p-1"]
+
+
+class FixedRM:
+    def __init__(self, rewards):
+        self.rewards, self.calls = list(rewards), 0
+
+    def score(self, prompts, responses):
+        self.calls += 1
+        return [self.rewards.pop(0) for _ in responses]
+
+
+def test_reward_stage_loads_its_model_when_a_batch_needs_it():
+    loaded = []
+
+    def load():
+        loaded.append(FixedRM([1.5, float("nan"), float("inf")]))
+        return loaded[-1]
+
+    stage = RewardStage(name="reward", score="r", rm=load)
+    empty = stage([record("q-0", "q", None)])  # nothing to score: nothing loaded
+    assert loaded == [] and empty[0].verdicts[-1].reason == "no_response"
+    rows = stage([record("p-0", "p", "a"), record("p-1", "p", "b"), record("p-2", "p", "c")])
+    assert len(loaded) == 1 and loaded[0].calls == 1
+    assert rows[0].scores == {"r": 1.5} and rows[0].kept and rows[0].verdicts[-1].stage == "reward"
+    assert [r.verdicts[-1].reason for r in rows[1:]] == ["r_not_finite", "r_not_finite"]
+    assert all(r.scores == {} and not r.kept for r in rows[1:])
+    stage([record("s-0", "s", None)])
+    assert len(loaded) == 1  # loaded once

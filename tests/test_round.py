@@ -26,8 +26,8 @@ def test_config_errors_are_clear(tmp_path):
     p.write_text("out: x\nrm: {max_steps: 1}\nbogus: 1\n")
     with pytest.raises(ValueError, match="unknown keys \\['bogus'\\]"):
         RoundConfig.from_yaml(p)
-    p.write_text("out: x\ngenerators: {poetry: {}}\n")
-    with pytest.raises(ValueError, match="unknown generators"):
+    p.write_text("out: x\nrecipes: {poetry: {}}\n")
+    with pytest.raises(ValueError, match="unknown recipes"):
         RoundConfig.from_yaml(p)
     p.write_text("out: x\ndpo_variants: [{}, {beta: 0.2}]\naverage_weights: [1.0]\n")
     with pytest.raises(ValueError, match="one weight per DPO variant"):
@@ -48,7 +48,7 @@ def test_full_round_on_the_embedded_model_and_resume(tmp_path):
     train = {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 256, "logging_steps": 1}
     cfg = {
         "out": str(tmp_path / "round"),
-        "generators": {"general": {"seeds": str(seeds), "k": 3, "max_tokens": 24, "top_fraction": 0.5}},
+        "recipes": {"general": {"seeds": str(seeds), "k": 3, "max_tokens": 24, "top_fraction": 0.5}},
         "rm": train,
         "sample": {"k": 2, "max_tokens": 24, "top_fraction": 0.5},
         "sft": train,
@@ -81,3 +81,24 @@ def test_full_round_on_the_embedded_model_and_resume(tmp_path):
     second = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stderr.count("done earlier, skipped") == len(STEPS)
+
+
+def test_recipes_key_replaces_generators_and_each_recipe_declares_its_prompts(tmp_path, scripted_engine):
+    from pipelines.round import _write_prompts
+    from synth.recipe import run_recipe
+    from synth.recipes.general import GeneralConfig
+
+    p = tmp_path / "r.yaml"
+    p.write_text("out: x\ngenerators: {general: {k: 2}}\n")  # configs written before recipes
+    assert RoundConfig.from_yaml(p).recipes == {"general": {"k": 2}}
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"id": f"s{i}", "prompt": p}) + "\n" for i, p in enumerate(SEEDS)))
+    run_recipe(
+        "general", GeneralConfig(seeds=str(seeds), out=str(tmp_path / "g"), k=2), scripted_engine
+    ).close()
+    out = tmp_path / "prompts.jsonl"
+    _write_prompts([tmp_path / "g"], out)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [f"s{i}" for i in range(len(SEEDS))]
+    assert rows[0]["messages"] == [{"role": "user", "content": SEEDS[0]}]

@@ -1,4 +1,5 @@
-"""Rejection sampling: best of K by reward, best across rounds, resume, export, CLI.
+"""Rejection sampling (the ``rejection-sampling`` recipe): best of K by reward, best across rounds,
+resume, export, CLI; and the prompt sources it reads (``synth.prompt_sources``).
 
 A scripted policy answers with known texts and a hand-set reward model (test_reward_scorer.py) rewards
 the share of "good" tokens, so which sample must win is known; every pick is also checked against the
@@ -7,6 +8,7 @@ reward model's own scores."""
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 import pytest
 import typer
@@ -14,10 +16,15 @@ from conftest import ScriptedEngine
 from test_reward_scorer import save_keyword_reward_model
 from typer.testing import CliRunner
 
+from synth.config import ConfigError
 from synth.export import load_export
+from synth.pipeline import Run
+from synth.prompt_sources import prompts_of_run
+from synth.recipe import get_recipe
+from synth.recipes.rejection_sampling import SampleConfig, run_sample
+from synth.records import Item, Message, Provenance, SFTRecord, register_kind
 from synth.stages.reward import RewardModel
 from synth.store import Store
-from train.sample import SampleConfig, run_sample
 from train.tiny import embedded_tokenizer, save_tiny_causal_lm
 from train.tools_cli import sample
 
@@ -94,7 +101,7 @@ def config(prompts, rm_dir, out, **kw) -> SampleConfig:
 
 
 def final_rows(run, stage=None) -> dict[str, object]:
-    stage = stage or run.store.get_meta("outputs")["sft"]
+    [stage] = [stage] if stage else run.store.get_meta("outputs")["sft"]
     return {r.meta["prompt_id"]: r for r in run.store.records(stage, kept=True)}
 
 
@@ -117,7 +124,11 @@ def round_1(prompts_file, rm_dir, tmp_path_factory):
 def test_best_of_k_keeps_the_highest_reward(round_1, rm):
     store = Store(round_1, read_only=True)
     try:
-        assert store.get_meta("outputs") == {"sft": "best_of_k", "preference": "preference_pairs"}
+        assert store.get_meta("outputs") == {
+            "sft": ["best_of_k"],
+            "preference": ["preference_pairs"],
+            "prompts": "prompts",
+        }
         stages = [f["stage"] for f in store.funnel()]
         assert stages == ["prompts", "sample", "rm_score", "best_of_k", "preference_pairs"]
         assert all(f["done"] for f in store.funnel())
@@ -162,7 +173,7 @@ def test_run_exports_as_a_dataset(round_1, tmp_path):
 
 def test_top_fraction_keeps_the_best_prompts(prompts_file, rm_dir, tmp_path):
     run = run_sample(config(prompts_file, rm_dir, tmp_path / "r", top_fraction=0.3), engine=scripted(ROUND_1))
-    assert run.store.get_meta("outputs")["sft"] == "top_quartile"
+    assert run.store.get_meta("outputs")["sft"] == ["top_quartile"]
     best = run.store.records("best_of_k", kept=True)
     top = run.store.records("top_quartile", kept=True)
     assert [r.id for r in top] == [max(best, key=lambda r: r.scores["rm"]).id]
@@ -170,7 +181,8 @@ def test_top_fraction_keeps_the_best_prompts(prompts_file, rm_dir, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("prompts_from", "previous_from"), [("export", "export"), ("jsonl", "run"), ("jsonl", "jsonl")]
+    ("prompts_from", "previous_from"),
+    [("export", "export"), ("jsonl", "run"), ("jsonl", "jsonl"), ("run", "export")],
 )
 def test_best_across_rounds_keeps_the_better_previous_row(
     round_1, prompts_file, rm_dir, tmp_path, prompts_from, previous_from
@@ -183,11 +195,11 @@ def test_best_across_rounds_keeps_the_better_previous_row(
         store.close()
     else:
         previous = exported if previous_from == "export" else round_1
-    prompts = exported if prompts_from == "export" else prompts_file
+    prompts = {"export": exported, "run": round_1, "jsonl": prompts_file}[prompts_from]
     cfg = config(prompts, rm_dir, tmp_path / "round2", keep_best_across_rounds=str(previous), round=1)
     run = run_sample(cfg, engine=scripted(ROUND_2))
 
-    assert run.store.get_meta("outputs")["sft"] == "best_across_rounds"
+    assert run.store.get_meta("outputs")["sft"] == ["best_across_rounds"]
     by_text = {t: pid for pid, t in PROMPTS.items()}
     rows = {by_text[r.prompt[-1].content]: r for r in run.store.records("best_across_rounds", kept=True)}
     assert {pid: r.response for pid, r in rows.items()} == {
@@ -196,6 +208,7 @@ def test_best_across_rounds_keeps_the_better_previous_row(
         "p3": "good good",
     }
     assert rows["p1"].provenance.round == 0 and rows["p1"].meta["carried_over"]
+    assert rows["p1"].id.endswith("-prev") and rows["p1"].meta["previous_id"] == "p1-2"
     assert rows["p2"].provenance.round == 1 and rows["p2"].verdicts[-1].reason == "beats_previous_round"
     assert rows["p2"].meta["previous_round_score"] < rows["p2"].scores["rm"]
     rejected = [r for r in run.store.records("best_across_rounds") if not r.kept]
@@ -213,7 +226,7 @@ def test_best_across_rounds_keeps_the_better_previous_row(
 
 
 def snapshot(run):
-    stage = run.store.get_meta("outputs")["sft"]
+    [stage] = run.store.get_meta("outputs")["sft"]
     return sorted((r.id, r.response, r.scores["rm"]) for r in run.store.records(stage, kept=True))
 
 
@@ -278,7 +291,7 @@ def test_cli_on_a_tiny_policy(prompts_file, rm_dir, tok, tmp_path):
     assert (config["k"], config["model"], config["top_fraction"]) == (2, str(policy), 0.5)
     samples = store.records("sample")
     assert len(samples) == 6 and {r.provenance.engine for r in samples} == {"hf"}
-    assert store.get_meta("outputs")["sft"] == "top_quartile"
+    assert store.get_meta("outputs")["sft"] == ["top_quartile"]
     store.close()
     export(out, tmp_path / "ds")
 
@@ -300,3 +313,70 @@ def test_embedded_policy_smoke(prompts_file, rm_dir, rm, tmp_path):
         assert row.scores["rm"] == max(r.scores["rm"] for r in group)
         assert row.provenance.model == "SmolLM2-135M-Instruct"
     run.close()
+
+
+def test_recipe_is_registered_with_the_papers_defaults(prompts_file, rm_dir, tmp_path):
+    spec = get_recipe("rejection-sampling")
+    assert spec.config is SampleConfig and "Llama 2" in spec.doc
+    cfg = SampleConfig(prompts="p.jsonl", reward_model="rm", out="out")
+    assert (cfg.k, cfg.top_p, cfg.top_fraction) == (10, 1.0, None)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="top_fraction"):
+            config(prompts_file, rm_dir, tmp_path / "r", top_fraction=bad)
+    with pytest.raises(FileNotFoundError, match="reward model not found"):
+        run_sample(
+            SampleConfig(prompts=str(prompts_file), reward_model=str(tmp_path), out=str(tmp_path / "r"))
+        )
+    assert not (tmp_path / "r").exists()  # refused before the run directory is made
+
+
+@register_kind
+class _Problem(Item):
+    kind: Literal["rs_test_problem"] = "rs_test_problem"
+    question: str
+
+    def as_prompt(self) -> list[Message] | None:
+        return [Message(role="user", content=self.question)] if self.question else None
+
+
+def test_prompts_of_run_reads_the_declared_prompt_stage(tmp_path):
+    run = Run(tmp_path / "run", config={"recipe": "test"})
+    problems = [
+        _Problem(id="a", question="Sort a list.", provenance=Provenance(capability="code")),
+        _Problem(id="b", question=""),  # stands for no chat prompt: left out
+        _Problem(id="c", question="Reverse a string.", scores={"judge": 2.0}),
+    ]
+    run.source("problems", problems)
+    run.source("seeds", [SFTRecord(id="s", messages=[Message(role="user", content="not the prompts")])])
+    run.store.set_meta("outputs", {"prompts": "problems", "sft": ["seeds"], "preference": []})
+    run.store.set_meta("capability", "code")
+    run.close()
+    got = list(prompts_of_run(tmp_path / "run"))
+    assert [(r.id, r.messages[0].content, r.provenance.capability) for r in got] == [
+        ("a", "Sort a list.", "code"),
+        ("c", "Reverse a string.", "code"),
+    ]
+    assert all(isinstance(r, SFTRecord) and r.response is None and not r.scores for r in got)
+
+
+def test_prompts_of_run_before_declared_outputs_reads_seeds(tmp_path):
+    seed = SFTRecord(
+        id="s1",
+        messages=[Message(role="user", content="Hi"), Message(role="assistant", content="Hello")],
+        provenance=Provenance(capability="general"),
+        meta={"prompt_id": "elsewhere"},
+    )
+    run = Run(tmp_path / "old", config={"recipe": "old"})
+    run.source("seeds", [seed])
+    run.source("top_quartile", [seed.model_copy(update={"id": "s1-0"})])
+    run.store.set_meta("outputs", {"sft": "top_quartile", "preference": "preference_pairs"})
+    run.close()
+    [got] = prompts_of_run(tmp_path / "old")
+    assert (got.id, [m.content for m in got.messages], got.meta) == ("s1", ["Hi"], {})
+    assert got.group_key == "s1"  # the prompt's own id, not its earlier run's grouping
+
+    run = Run(tmp_path / "none", config={"recipe": "x"})
+    run.store.set_meta("outputs", {"prompts": "missing", "sft": [], "preference": []})
+    run.close()
+    with pytest.raises(ValueError, match="no prompt stage 'missing'"):
+        list(prompts_of_run(tmp_path / "none"))

@@ -1,9 +1,10 @@
 import pytest
 
+from synth.prompts import load_prompt
 from synth.records import SFTRecord
 from synth.stages import cleaning
 from synth.stages.cleaning import clean, first_violation
-from synth.stages.judge import LLMJudge, judge_messages, parse_judgement
+from synth.stages.judge import JudgeStage, parse_judgement, question_answer
 from synth.stages.select import (
     best_of_k,
     preference_pairs,
@@ -71,8 +72,12 @@ def test_parse_judgement(reply, expected):
     assert parse_judgement(reply) == expected
 
 
+def general_judge(engine, **kw):
+    return JudgeStage("judge", engine, load_prompt("general/judge"), question_answer, **kw)
+
+
 def test_judge_prompt_is_few_shot_chat():
-    msgs = judge_messages("Q?", "A.")
+    msgs = load_prompt("general/judge").messages(question="Q?", answer="A.")
     assert msgs[0]["role"] == "system"
     assert [m["role"] for m in msgs[1:]] == ["user", "assistant", "user", "assistant", "user"]
     assert "Q?" in msgs[-1]["content"] and "A." in msgs[-1]["content"]
@@ -81,7 +86,7 @@ def test_judge_prompt_is_few_shot_chat():
 def test_llm_judge_writes_scores_and_rejects_unparseable(scripted_engine):
     replies = iter(["Score: 8\nRationale: solid", "no idea"])
     scripted_engine.reply = lambda msgs, j, s: next(replies)
-    recs = LLMJudge(scripted_engine)([cand("a", 0, "x"), cand("a", 1, "y")])
+    recs = general_judge(scripted_engine)([cand("a", 0, "x"), cand("a", 1, "y")])
     assert recs[0].scores["judge"] == 8.0 and recs[0].meta["judge_rationale"] == "solid"
     assert not recs[1].kept and recs[1].verdicts[-1].reason == "judge_unparseable"
 
@@ -151,5 +156,23 @@ def test_judge_prefers_the_distribution_when_the_engine_has_one(scripted_engine)
         {c: (0.0 if c == " 7" else -math.inf) for c in choices} for _ in reqs
     ]
     assert list(SCORE_CHOICES)[6] == " 7"
-    rec = LLMJudge(scripted_engine)([cand("a", 0, "x")])[0]
+    rec = general_judge(scripted_engine)([cand("a", 0, "x")])[0]
     assert rec.scores["judge"] == 7.0 and rec.meta["judge_text_score"] == 1.0 and rec.kept
+
+
+def test_judge_threshold_rejects_below_it(scripted_engine):
+    replies = iter(["Score: 8", "Score: 3"])
+    scripted_engine.reply = lambda msgs, j, s: next(replies)
+    recs = general_judge(scripted_engine, threshold=7.0)([cand("a", 0, "x"), cand("a", 1, "y")])
+    assert [r.kept for r in recs] == [True, False] and recs[1].verdicts[-1].reason == "below_threshold"
+
+
+def test_gap_bands_label_one_pair_at_a_time_like_the_quartiles():
+    import random
+
+    from synth.stages.select import gap_bands, strength_of
+
+    rng = random.Random(0)
+    for n in range(1, 40):
+        gaps = [rng.random() for _ in range(n)]
+        assert [strength_of(g, gap_bands(gaps)) for g in gaps] == strengths_by_gap(gaps)

@@ -38,7 +38,17 @@ def test_cached_engine_hits_and_dedups(tmp_path, scripted_engine):
     assert store.cache_size() == 4
 
 
-def test_map_batches_resumes_without_redoing_finished_batches(tmp_path):
+class Stage:
+    """A function as a stage (tests only): one name, rows in, rows out."""
+
+    def __init__(self, name, fn):
+        self.name, self.fn = name, fn
+
+    def __call__(self, batch):
+        return self.fn(batch)
+
+
+def test_map_resumes_without_redoing_finished_batches(tmp_path):
     calls = []
 
     def stage(batch):
@@ -49,22 +59,23 @@ def test_map_batches_resumes_without_redoing_finished_batches(tmp_path):
 
     items = [prompt(i) for i in range(7)]
     run = Run(tmp_path, config={"a": 1})
+    src = run.source("in", items)
     with pytest.raises(KeyboardInterrupt):
-        run.map_batches("gen", items, stage, batch_size=2)
+        run.map(Stage("gen", stage), src, batch_size=2)
     run.close()
     run = Run(tmp_path, config={"a": 1})
-    out = run.map_batches("gen", items, stage, batch_size=2)
+    out = run.map(Stage("gen", stage), run.source("in", items), batch_size=2)
     assert calls == [["p0", "p1"], ["p2", "p3"], ["p4", "p5"], ["p4", "p5"], ["p6"]]
-    assert [r.id for r in out] == [f"p{i}-out" for i in range(7)]
+    assert [r.id for r in run.records(out)] == [f"p{i}-out" for i in range(7)]
     # a finished stage is not run again at all
-    assert run.map_batches("gen", items, stage, batch_size=2) == out and len(calls) == 5
-    f = run.store.funnel()[0]
+    assert run.map(Stage("gen", stage), src, batch_size=2) == out and len(calls) == 5
+    f = next(f for f in run.store.funnel() if f["stage"] == "gen")
     assert (f["stage"], f["rows_in"], f["kept"], f["rejected"], f["done"]) == ("gen", 7, 7, 0, True)
 
 
 def test_resume_with_other_config_is_refused(tmp_path):
     Run(tmp_path, config={"k": 4}).close()
-    with pytest.raises(ValueError, match="different configuration"):
+    with pytest.raises(ValueError, match=r"different configuration \(changed: k\)"):
         Run(tmp_path, config={"k": 5})
 
 
@@ -76,35 +87,81 @@ def test_funnel_counts_reasons(tmp_path):
             r.keep("j") if i % 3 else r.reject("j", "low" if i % 2 else "odd")
         return batch
 
-    run.apply("j", [prompt(i) for i in range(6)], judge)
-    f = run.store.funnel()[0]
+    run.map(Stage("j", judge), run.source("in", [prompt(i) for i in range(6)]), batch_size=100)
+    f = next(f for f in run.store.funnel() if f["stage"] == "j")
     assert (f["kept"], f["rejected"], f["reasons"]) == (4, 2, {"low": 1, "odd": 1})
 
 
-def test_stages_get_copies_so_later_stages_see_stored_rows(tmp_path):
+def test_stages_read_the_stored_rows_of_earlier_stages(tmp_path):
     run = Run(tmp_path, config={})
-    first = run.apply("a", [prompt(i) for i in range(3)], lambda b: [r.keep("a") or r for r in b])
+    first = run.map(
+        Stage("a", lambda b: [r.keep("a") or r for r in b]), run.source("in", [prompt(i) for i in range(3)])
+    )
 
     def reject_all(batch):
         for r in batch:
             r.reject("b", "nope")
         return batch
 
-    run.apply("b", first, reject_all)
-    assert all(r.kept for r in first)  # "b" did not change "a"'s rows
-    assert [r.kept for r in run.apply("c", first, lambda b: b)] == [True] * 3
+    b = run.map(Stage("b", reject_all), first)
+    assert all(r.kept for r in run.records(first.all))  # "b" did not change "a"'s rows
+    assert run.count(b.rejected) == 3 and run.count(b) == 0
+    assert [r.kept for r in run.records(run.map(Stage("c", lambda x: x), first))] == [True] * 3
+
+
+def test_grouped_hands_over_whole_groups_and_latest_takes_the_last_appearance(tmp_path):
+    run = Run(tmp_path, config={})
+    cands = [
+        SFTRecord(id=f"q{g}-{j}", messages=[{"role": "user", "content": "x"}], meta={"prompt_id": f"q{g}"})
+        for j in range(3)
+        for g in range(5)
+    ]
+    src = run.source("cands", cands)
+    seen = []
+
+    def look(batch):
+        seen.append(sorted({r.group_key for r in batch}))
+        counts = {g: sum(r.group_key == g for r in batch) for g in seen[-1]}
+        assert set(counts.values()) == {3}, counts  # no group split across batches
+        return batch
+
+    run.grouped(Stage("g", look), src, batch_size=4)
+    assert sorted(g for b in seen for g in b) == [f"q{g}" for g in range(5)] and len(seen) > 1
+    # a "repair loop": stage r1 rewrites two rows; latest = one row per id, its last appearance
+    fixed = run.map(Stage("r1", lambda b: [r.model_copy(update={"meta": {**r.meta, "fixed": True}})
+                                             for r in b if r.id in ("q0-0", "q1-2")]), src)  # fmt: skip
+    last = list(run.records((src + fixed).last()))
+    assert len(last) == 15 and sum(bool(r.meta.get("fixed")) for r in last) == 2
+
+
+def test_commits_go_in_as_one_arrow_insert_and_read_back_typed(tmp_path):
+    from synth.records import PreferenceRecord, Unparsed
+
+    store = Store(tmp_path)
+    rows = [prompt(i) for i in range(500)]
+    rows.append(Unparsed(id="u", input_id="p1", raw="???"))
+    rows[-1].reject("s", "no_problem")
+    store.begin_stage("s", len(rows))
+    store.commit_batch("s", "b1", rows)
+    back = list(store.iter_records("s"))
+    assert [r.id for r in back] == [r.id for r in rows] and isinstance(back[-1], Unparsed)
+    assert store.count("s", kept=False) == 1 and store.funnel()[0]["reasons"] == {"no_problem": 1}
+    store.commit_batch("s", "b2", [prompt(1000)])  # seq continues after the first batch
+    assert [r.id for r in store.records("s")][-1] == "p1000"
+    assert PreferenceRecord  # imported kinds are registered
 
 
 def test_general_pipeline_quarantines_bad_seeds_and_shows_them(tmp_path, scripted_engine):
     """Control flow of `synth run general` with a scripted engine (the real model runs in
     test_general_pipeline.py): bad rows quarantined, the funnel and the summary list them."""
-    from synth.generators.general import GeneralConfig, run_general
+    from synth.recipe import run_recipe
+    from synth.recipes.general import GeneralConfig
     from synth.stats import summarize
 
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text('{"prompt": "a"}\n{"prompt": 3}\nnot json\n{"prompt": "b"}\n')
     cfg = GeneralConfig(seeds=str(seeds), out=str(tmp_path / "run"), k=2, skip_invalid=True)
-    run = run_general(cfg, engine=scripted_engine)
+    run = run_recipe("general", cfg, engine=scripted_engine)
     s = summarize(run.store)
     assert [(q["line"], q["field"]) for q in s["quarantine"]] == [(2, "messages.0.content"), (3, "<json>")]
     assert s["funnel"][0]["stage"] == "validate (quarantine)" and s["funnel"][0]["rejected"] == 2

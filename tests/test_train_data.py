@@ -5,7 +5,7 @@ from __future__ import annotations
 import datasets
 import pytest
 
-from train.chat import encode, encode_prompt_responses, special_ids
+from synth.chat import encode, encode_prompt_responses, special_ids
 from train.data import DatasetError, keep_strengths, load_splits, validate_preference, validate_sft
 from train.tiny import embedded_tokenizer, toy_preference_rows, toy_sft_rows, write_export
 
@@ -160,3 +160,25 @@ def test_same_named_exports_never_share_a_cache(tmp_path):
     second, _ = load_splits(tmp_path / "round_2" / "sft", "sft")
     assert first[0]["messages"][-1]["content"].startswith("round_1")
     assert second[0]["messages"][-1]["content"].startswith("round_2")
+
+
+def test_multi_shard_export_loads_memory_mapped(tmp_path):
+    """Every shard of each split is read, from a memory-mapped cache that follows re-exports."""
+    from synth.export import export_dataset
+    from synth.records import SFTRecord
+
+    def rows(tag, n):
+        return [SFTRecord(id=f"{tag}{i}", messages=[msg("user", f"q{i}"), msg("assistant", f"{tag} {i}")])
+                for i in range(n)]  # fmt: skip
+
+    out, cache = tmp_path / "data", tmp_path / "cache"
+    export_dataset(rows("a", 25), [], out, {}, test_fraction=0.3, shard_rows=4)
+    assert len(list((out / "sft").glob("train-*-of-*.parquet"))) >= 3
+    train, test = load_splits(out, "sft", cache_dir=cache)
+    assert sorted([*train["id"], *test["id"]]) == sorted(f"a{i}" for i in range(25))
+    assert train.cache_files and test.cache_files  # mapped from disk, not held in memory
+    validate_sft(train)
+
+    export_dataset(rows("b", 9), [], out, {}, test_fraction=0.3, shard_rows=4)
+    train, test = load_splits(out, "sft", cache_dir=cache)
+    assert sorted([*train["id"], *test["id"]]) == sorted(f"b{i}" for i in range(9))

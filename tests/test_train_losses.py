@@ -8,7 +8,7 @@ import datasets
 import pytest
 import torch
 
-from train.chat import encode
+from synth.chat import encode
 from train.config import DPOConfig, RMConfig, SFTConfig
 from train.dpo import DPOCollator, DPOTrainer, pair_logps
 from train.losses import bradley_terry_loss, dpo_loss, length_normalised_nll

@@ -1,9 +1,10 @@
 """Load and validate the datasets ``synth export`` writes, before any training starts.
 
 Accepted inputs: an exported dataset folder (``load_dataset(DIR, "sft" | "preference")`` with
-train/test splits), a folder with ``sft/`` and ``preference/`` subfolders of parquet/jsonl files
-(split taken from the file name prefix), or a single .parquet/.jsonl file (train split only).
-Every problem found is reported as a :class:`DatasetError` naming the row and its id.
+train/test splits, each one or more parquet shards), a folder with ``sft/`` and ``preference/``
+subfolders of parquet/jsonl files (split taken from the file name prefix), or a single
+.parquet/.jsonl file (train split only). Every problem found is reported as a :class:`DatasetError`
+naming the row and its id.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any
 import datasets
 import pyarrow as pa
 import pyarrow.json as pa_json
-import pyarrow.parquet as pq
 
+from synth.export import read_parquet
 from synth.records import STRENGTHS
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -28,11 +29,17 @@ class DatasetError(ValueError):
     """The training data is unusable; the message names the problem and the row."""
 
 
-def load_splits(path: str | Path, config: str) -> tuple[datasets.Dataset, datasets.Dataset | None]:
-    """(train, test or None) of ``config`` ("sft" or "preference") at ``path``."""
+def load_splits(
+    path: str | Path, config: str, cache_dir: str | Path | None = None
+) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """(train, test or None) of ``config`` ("sft" or "preference") at ``path``.
+
+    Parquet is read memory-mapped through an Arrow cache in ``cache_dir`` (default: under the
+    ``datasets`` cache; see :func:`synth.export.read_parquet`), so an export larger than RAM trains.
+    """
     path = Path(path)
     if path.is_file():
-        return _read([path], path), None
+        return _read([path], path, cache_dir), None
     if not path.is_dir():
         raise DatasetError(f"{path}: no such file or directory")
     # An exported folder is read file by file, not through load_dataset: datasets keys its cache by
@@ -43,17 +50,15 @@ def load_splits(path: str | Path, config: str) -> tuple[datasets.Dataset, datase
         raise DatasetError(f"{root}: no .parquet/.jsonl files for the '{config}' data")
     train = [f for f in files if f.name.startswith("train")] or files
     test = [f for f in files if f.name.startswith("test")]
-    test_ds = _read(test, root) if test else None
-    return _read(train, root), test_ds if test_ds is not None and len(test_ds) else None
+    test_ds = _read(test, root, cache_dir) if test else None
+    return _read(train, root, cache_dir), test_ds if test_ds is not None and len(test_ds) else None
 
 
-def _read(files: list[Path], where: Path) -> datasets.Dataset:
-    """In memory, uncached: the files are small next to the model, and always read fresh."""
+def _read(files: list[Path], where: Path, cache_dir: str | Path | None) -> datasets.Dataset:
+    """Parquet memory-mapped, every shard in order; jsonl (hand-written, small) in memory."""
     kinds = {f.suffix for f in files}
     if kinds == {".parquet"}:
-        return datasets.Dataset(
-            pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
-        )
+        return read_parquet(files, cache_dir=cache_dir)
     if kinds <= {".jsonl", ".json"}:
         tables = [pa_json.read_json(f) for f in files]
         return datasets.Dataset(pa.concat_tables(tables, promote_options="default"))

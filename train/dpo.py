@@ -28,8 +28,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, Trainer
 
+from synth.chat import encode
 from synth.engines.embedded import resolve_model
-from train.chat import encode
 from train.common import console, load_tokenizer, pin_tensorboard_dir, write_metrics
 from train.config import DPOConfig
 from train.data import DatasetError, keep_strengths, load_splits, validate_preference

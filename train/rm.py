@@ -28,8 +28,8 @@ import torch
 from rich.table import Table
 from transformers import AutoModelForSequenceClassification, Trainer
 
+from synth.chat import encode_prompt_responses
 from synth.engines.embedded import resolve_model
-from train.chat import encode_prompt_responses
 from train.common import console, held_out, load_tokenizer, pin_tensorboard_dir, write_metrics
 from train.config import RMConfig
 from train.data import (

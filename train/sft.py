@@ -21,8 +21,8 @@ import datasets
 import torch
 from transformers import AutoModelForCausalLM, Trainer
 
+from synth.chat import encode
 from synth.engines.embedded import resolve_model
-from train.chat import encode
 from train.common import console, load_tokenizer, pin_tensorboard_dir, write_metrics
 from train.config import SFTConfig
 from train.data import DatasetError, load_splits, validate_sft

@@ -1,4 +1,5 @@
-"""Typer commands for the Llama 3 loop's glue: ``synth average`` and ``synth sample``.
+"""Typer commands for the Llama 3 loop's glue: ``synth average`` and ``synth sample`` (the
+``rejection-sampling`` recipe under its own command line).
 
 Plain functions, mounted by the main CLI with ``app.command()(average)`` and
 ``app.command()(sample)``; heavy imports happen inside them.
@@ -48,7 +49,9 @@ def average(
 def sample(
     prompts: Annotated[
         Path,
-        typer.Option(help="JSONL of prompts ({'prompt': ...} / {'messages': [...]}) or an exported dataset."),
+        typer.Option(
+            help="JSONL of prompts ({'prompt': ...} / {'messages': [...]}), an exported dataset or a run."
+        ),
     ],
     reward_model: Annotated[Path, typer.Option(help="Reward model folder (from `synth train rm`).")],
     out: Annotated[Path, typer.Option(help="Run directory; the same command resumes a stopped run.")],
@@ -56,7 +59,7 @@ def sample(
         str | None,
         typer.Option(help="Policy: model path, hub id or served name; default: the embedded model."),
     ] = None,
-    k: Annotated[int, typer.Option(help="Samples per prompt (Llama 3: 10-30).")] = 4,
+    k: Annotated[int, typer.Option(help="Samples per prompt (Llama 3: 10-30).")] = 10,
     engine: Annotated[str, typer.Option(help="hf, vllm or openai.")] = "hf",
     base_url: Annotated[
         str | None, typer.Option(help="OpenAI-compatible server for --engine openai.")
@@ -85,7 +88,7 @@ def sample(
     """Rejection sampling: K samples per prompt from the policy, the reward model's best kept."""
     from synth.engines.base import EngineError
     from synth.io import InputError
-    from train.sample import SampleConfig, run_sample
+    from synth.recipes.rejection_sampling import SampleConfig, run_sample
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
     try:
@@ -119,8 +122,6 @@ def sample(
         reasons = ", ".join(f"{r}: {n}" for r, n in f["reasons"].items())
         table.add_row(f["stage"], str(f["rows_in"]), str(f["kept"]), str(f["rejected"]), reasons)
     Console().print(table)
-    outputs = run.store.get_meta("outputs")
-    console.print(
-        f"done: sft rows in stage '{outputs['sft']}'; export with `synth export {run.dir} --to DIR`"
-    )
+    stages = ", ".join(run.store.get_meta("outputs")["sft"])
+    console.print(f"done: sft rows in stage '{stages}'; export with `synth export {run.dir} --to DIR`")
     run.close()

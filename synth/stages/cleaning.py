@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from synth.records import SFTRecord
@@ -77,3 +78,14 @@ def clean(records: list[SFTRecord], rules: tuple[Rule, ...] = RULES, stage: str 
         else:
             rec.keep(stage)
     return records
+
+
+@dataclass
+class Clean:
+    """The cleaning stage: the first rule a response breaks is its rejection reason."""
+
+    rules: tuple[Rule, ...] = RULES
+    name: str = "clean"
+
+    def __call__(self, records: list[SFTRecord]) -> list[SFTRecord]:
+        return clean(records, self.rules, self.name)

@@ -1,60 +1,40 @@
-"""The generate stage: K sampled responses per prompt, each a candidate SFT record."""
+"""The generate stage: K sampled responses to each prompt row's own chat, each a candidate SFT row."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from synth.engines.base import Engine, Request, SamplingParams
-from synth.records import Message, Provenance, SFTRecord
+from synth.engines.base import Completion
+from synth.records import Message, SFTRecord
+from synth.stages.llm import LLMStage
 
 
-@dataclass
-class Respond:
-    """Callable stage: prompt records -> K candidate records per prompt (ids ``{prompt}-{j}``)."""
+@dataclass(kw_only=True)
+class Respond(LLMStage):
+    """Prompt rows -> K candidate rows per prompt (ids ``{prompt}-{j}``); an empty reply stays a
+    prompt-only row, which rule cleaning rejects as 'empty'."""
 
-    engine: Engine
-    sampling: SamplingParams
-    capability: str
-    template: str = "passthrough"
-    template_version: str = "1"
-    round: int = 0
+    name: str = "generate"
 
-    def __call__(self, prompts: list[SFTRecord]) -> list[SFTRecord]:
-        requests = [
-            Request.chat([m.model_dump(exclude_none=True) for m in p.prompt], id=p.id) for p in prompts
-        ]
-        outputs = self.engine.generate(requests, self.sampling)
-        out = []
-        for prompt, comps in zip(prompts, outputs, strict=True):
-            for j, comp in enumerate(comps):
-                messages = list(prompt.prompt)
-                if comp.text.strip():
-                    messages.append(Message(role="assistant", content=comp.text))
-                rec = SFTRecord(
-                    id=f"{prompt.id}-{j}",
-                    messages=messages,
-                    provenance=self.provenance(prompt),
-                    meta={
-                        "prompt_id": prompt.id,
-                        "sample": j,
-                        "finish_reason": comp.finish_reason,
-                        "prompt_tokens": comp.prompt_tokens,
-                        "completion_tokens": comp.completion_tokens,
-                    },
-                )
-                out.append(rec)
-        return out
+    def output_id(self, item: SFTRecord, j: int) -> str:
+        return f"{item.id}-{j}"
 
-    def provenance(self, prompt: SFTRecord) -> Provenance:
-        source = prompt.provenance.source if prompt.provenance else None
-        return Provenance(
-            capability=self.capability,
-            model=self.engine.model,
-            engine=self.engine.name,
-            template=self.template,
-            template_version=self.template_version,
-            sampling=self.sampling.to_dict(),
-            seed=self.sampling.seed,
-            round=self.round,
-            source=source,
+    def parse(self, item: SFTRecord, reply: Completion, j: int, messages) -> SFTRecord:
+        msgs = list(item.prompt)
+        if reply.text.strip():
+            msgs.append(Message(role="assistant", content=reply.text))
+        capability = item.provenance.capability if item.provenance else self.capability
+        rec = SFTRecord(
+            id=self.output_id(item, j),
+            messages=msgs,
+            meta={
+                "prompt_id": item.id,
+                "sample": j,
+                "finish_reason": reply.finish_reason,
+                "prompt_tokens": reply.prompt_tokens,
+                "completion_tokens": reply.completion_tokens,
+            },
         )
+        rec.provenance = self.provenance(item)
+        rec.provenance.capability = capability if self.capability == "*" else self.capability
+        return rec

@@ -1,8 +1,8 @@
-"""Scorers: anything that writes a named score into each record.
+"""The judge stage kind: anything an LLM grades on a 1-10 rubric, every judge of every recipe.
 
-``LLMJudge`` asks the engine for a 1-10 score with a rationale. Small models ignore bare format
-instructions, so the prompt carries two worked examples as earlier chat turns (few-shot), and the reply
-is parsed leniently. Where the engine can read token probabilities (``choice_logprobs``: the hf engine),
+``JudgeStage`` asks the engine for a 1-10 score with a rationale. Small models ignore bare format
+instructions, so the rubric's prompt file carries worked examples as earlier chat turns (few-shot), and
+the reply is parsed leniently. Where the engine can read token probabilities (``choice_logprobs``),
 the score is the expectation over the ten possible scores after "Score:" (G-Eval): a 135M judge writes
 "Score: 1" for nearly everything, yet its distribution still ranks responses. A reward model scorer
 (``synth.stages.reward``) plugs in through the same ``Scorer`` protocol.
@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from synth.engines.base import Engine, Request, SamplingParams
+from synth.prompts import Prompt
 from synth.records import SFTRecord
 
 
@@ -25,34 +27,9 @@ class Scorer(Protocol):
     def __call__(self, records: list[SFTRecord]) -> list[SFTRecord]: ...
 
 
-JUDGE_TEMPLATE_VERSION = "1"
-JUDGE_SYSTEM = (
-    "You are a strict grader. You rate an assistant's answer from 1 to 10 for helpfulness, "
-    "correctness and clarity, and reply exactly in the form 'Score: N' followed by "
-    "'Rationale: <one sentence>'."
-)
-_SHOTS = (
-    ("Name a primary color.", "Red is a primary color.", "Score: 9\nRationale: Correct and direct."),
-    (
-        "What is 10 divided by 2?",
-        "I'm not sure, maybe 3!!!",
-        "Score: 2\nRationale: The answer is wrong; 10 / 2 is 5.",
-    ),
-)
 _SCORE = re.compile(r"score\s*[:=]?\s*(10|[1-9])(?:\s*/\s*10)?\b", re.IGNORECASE)
 _BARE = re.compile(r"\b(10|[1-9])\s*(?:/\s*10|out of 10)\b", re.IGNORECASE)
 _RATIONALE = re.compile(r"rationale\s*[:=]\s*(.+)", re.IGNORECASE | re.DOTALL)
-
-
-def judge_messages(question: str, answer: str) -> list[dict[str, str]]:
-    def turn(q: str, a: str) -> str:
-        return f"Question: {q}\n\nAnswer: {a}\n\nRate the answer."
-
-    msgs = [{"role": "system", "content": JUDGE_SYSTEM}]
-    for q, a, verdict in _SHOTS:
-        msgs += [{"role": "user", "content": turn(q, a)}, {"role": "assistant", "content": verdict}]
-    msgs.append({"role": "user", "content": turn(question, answer)})
-    return msgs
 
 
 def parse_judgement(text: str) -> tuple[float, str] | None:
@@ -105,27 +82,46 @@ def judge(
 
 
 @dataclass
-class LLMJudge:
+class JudgeStage:
+    """The judge stage kind, behind every LLM judge: a rubric prompt file (system, few-shot verdicts,
+    the user turn over ``variables(row)``), a 1-10 scale, and an optional threshold.
+
+    Writes ``scores[score]`` and the reply, rationale and written number into ``meta``; rejects
+    'judge_unparseable' (no score at all) and, with a threshold, 'below_threshold'.
+    """
+
+    name: str
     engine: Engine
-    name: str = "judge"
+    prompt: Prompt
+    variables: Callable[[Any], dict[str, Any]]
+    score: str = "judge"
+    threshold: float | None = None
     max_tokens: int = 64
-    stage: str = "judge"
     use_logprobs: bool = True  # when the engine offers choice_logprobs
 
-    def __call__(self, records: list[SFTRecord]) -> list[SFTRecord]:
-        requests = [Request.chat(judge_messages(_question(r), r.response or "")) for r in records]
+    def __call__(self, records: list[Any]) -> list[Any]:
+        requests = [Request.chat(self.prompt.messages(**self.variables(r))) for r in records]
         for rec, j in zip(
             records, judge(self.engine, requests, self.max_tokens, self.use_logprobs), strict=True
         ):
             rec.meta["judge_reply"] = j.reply
             if j.score is None:
-                rec.reject(self.stage, "judge_unparseable")
+                rec.reject(self.name, "judge_unparseable")
                 continue
-            rec.scores[self.name] = j.score
+            rec.scores[self.score] = j.score
             rec.meta["judge_text_score"] = j.text_score
             rec.meta["judge_rationale"] = j.rationale
-            rec.keep(self.stage)
+            if self.threshold is not None and j.score < self.threshold:
+                rec.reject(self.name, "below_threshold")
+            else:
+                rec.keep(self.name)
         return records
+
+
+def question_answer(rec: SFTRecord) -> dict[str, str]:
+    """The general judge's variables: the last user turn and the response."""
+    users = [m.content for m in rec.prompt if m.role == "user"]
+    return {"question": users[-1] if users else rec.prompt[-1].content, "answer": rec.response or ""}
 
 
 def _has_choice_logprobs(engine: Engine) -> bool:
@@ -133,8 +129,3 @@ def _has_choice_logprobs(engine: Engine) -> bool:
         return False
     probe = getattr(engine, "supports_choice_logprobs", None)  # a cache wrapper asks its inner engine
     return probe() if callable(probe) else True
-
-
-def _question(rec: SFTRecord) -> str:
-    users = [m.content for m in rec.prompt if m.role == "user"]
-    return users[-1] if users else rec.prompt[-1].content

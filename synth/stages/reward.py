@@ -1,21 +1,23 @@
-"""Reward-model scoring: a trained scalar-head model (``synth train rm``) as a ``Scorer``.
+"""Reward-model scoring: a trained scalar-head model (``synth train rm``) and the stage kind that uses it.
 
 ``RewardModel`` loads an ``AutoModelForSequenceClassification`` with ``num_labels=1`` and its
 tokenizer, and scores (prompt, response) pairs exactly as the reward-model trainer encodes them
-(``train.chat.encode_prompt_responses``: the chat template rendered over the prompt plus the assistant
+(``synth.chat.encode_prompt_responses``: the chat template rendered over the prompt plus the assistant
 response, no extra special tokens, prompt cut to ``max_length - 1`` and the response to what room is
 left), reading the head's output at the last real token. Batches are right-padded with explicit
 position ids, whatever padding side the saved tokenizer declares, so a row's score does not depend on
 what it is batched with.
 
-``RewardScorer`` plugs a reward model into any generator in place of the LLM judge: it writes
-``rec.scores[name]`` for each record that has a response and rejects the ones that have none.
+``RewardStage`` is the stage kind (``Run.map``): it writes ``rec.scores[score]`` for each row that has
+a response and rejects the ones that have none ('no_response') or whose reward is not a finite number
+('{score}_not_finite'). Its reward model may be a factory, called when the first batch that needs a
+score runs: a resumed run whose scoring is finished never loads it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -72,7 +74,7 @@ class RewardModel:
 
     def encode(self, prompt: Sequence[Message], response: str) -> list[int]:
         """Token ids of prompt + assistant response, as the reward-model trainer builds them."""
-        from train.chat import encode_prompt_responses
+        from synth.chat import encode_prompt_responses
 
         prompt = [{"role": m["role"], "content": m["content"]} for m in prompt]
         prompt_ids, parts = encode_prompt_responses(
@@ -143,24 +145,39 @@ def record_prompt(rec: SFTRecord) -> list[Message]:
     return [{"role": m.role, "content": m.content} for m in rec.prompt]
 
 
-@dataclass
-class RewardScorer:
-    """``Scorer``: ``rec.scores[name]`` = the reward model's score of each record's response."""
+@dataclass(kw_only=True)
+class RewardStage:
+    """The reward-model scoring stage: ``scores[score]`` = the reward of each row's response.
 
-    rm: Scores
-    name: str = "rm"
-    stage: str = "rm_score"
+    ``rm`` is a ``Scores`` or a zero-argument factory of one (e.g. loading a ``RewardModel``), called
+    once, when a batch first needs a score.
+    """
+
+    rm: Scores | Callable[[], Scores]
+    name: str = "rm_score"
+    score: str = "rm"
+
+    @property
+    def model(self) -> Scores:
+        if not hasattr(self.rm, "score"):
+            self.rm = self.rm()
+        return self.rm  # type: ignore[return-value]
+
+    def rewards(self, records: Sequence[SFTRecord]) -> list[float]:
+        """The reward of each record's response (no model call, and no loading, for none)."""
+        if not records:
+            return []
+        return self.model.score([record_prompt(r) for r in records], [r.response or "" for r in records])
 
     def __call__(self, records: list[SFTRecord]) -> list[SFTRecord]:
         todo = [r for r in records if r.response]
-        scores = self.rm.score([record_prompt(r) for r in todo], [r.response or "" for r in todo])
-        for rec, s in zip(todo, scores, strict=True):
-            if not math.isfinite(s):
-                rec.reject(self.stage, f"{self.name}_not_finite")
-                continue
-            rec.scores[self.name] = s
-            rec.keep(self.stage)
+        for rec, reward in zip(todo, self.rewards(todo), strict=True):
+            if math.isfinite(reward):
+                rec.scores[self.score] = reward
+                rec.keep(self.name)
+            else:
+                rec.reject(self.name, f"{self.score}_not_finite")
         for rec in records:
             if not rec.response:
-                rec.reject(self.stage, "no_response")
+                rec.reject(self.name, "no_response")
         return records

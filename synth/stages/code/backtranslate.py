@@ -2,40 +2,29 @@
 code back from the documentation alone, and an LLM judge scores how faithfully that code reproduces the
 original (1-10). High scorers keep (code -> documentation) as an SFT row.
 
-Rules: a documentation reply is cut back to its last full sentence when it hit max_tokens; it is rejected
-when empty ('no_doc') or when it leaks the code (a code block, or half the code's lines verbatim:
+Sources: corpus snippets and passing solutions (rows of ``snippets`` / ``solutions``). Rules: a
+documentation reply is cut back to its last full sentence when it hit max_tokens; it is rejected when
+empty ('no_doc') or when it leaks the code (a code block, or half the code's lines verbatim:
 'doc_leaks_code'), since then writing code back from it proves nothing. The regenerated code must exist
-('no_code'); the judge keeps scores >= the threshold ('below_threshold', 'judge_unparseable'). Like
-``synth.stages.judge``, the judge is few-shot and, where the engine reads token probabilities, scores by
-the expectation over 1-10 after 'Score:'.
+('no_code'); the judge (``synth/prompts/code/faithfulness.yaml``, a ``JudgeStage``) keeps scores >= the
+threshold ('below_threshold', 'judge_unparseable').
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
-from synth.engines.base import Engine, Request, SamplingParams
-from synth.records import Message, SFTRecord
-from synth.stages.code.common import ask, cut_to_sentence, provenance
-from synth.stages.code.extract import extract_code, fence, fenced_blocks
-from synth.stages.judge import judge
+from synth.engines.base import Completion
+from synth.records import Record, SFTRecord
+from synth.stages.code.common import CodeStage, block, cut_to_sentence, sft_row
+from synth.stages.code.extract import extract_code, fenced_blocks
+from synth.stages.code.items import Backtranslation, Snippet
+from synth.stages.judge import JudgeStage
+from synth.stages.llm import Reject
 
-TEMPLATE = "code_backtranslate"
 MAX_CODE_CHARS = 3000
-
-
-def document_request(code: str) -> str:
-    return f"Document this code:\n{fence(_cap(code))}"
-
-
-def document_prompt(code: str) -> list[dict[str, str]]:
-    return [
-        {
-            "role": "user",
-            "content": f"{document_request(code)}\n\nExplain in plain English what it does, and for each "
-            "function its purpose, arguments and return value. Do not repeat the code.",
-        }
-    ]
+SCORE = "faithfulness"
 
 
 def leaks_code(doc: str, code: str) -> bool:
@@ -45,128 +34,82 @@ def leaks_code(doc: str, code: str) -> bool:
     return bool(lines) and sum(ln in doc for ln in lines) >= max(2, len(lines) // 2)
 
 
-def source_record(rid: str, code: str, source: str) -> SFTRecord:
-    """What backtranslation starts from: a corpus file or a passing solution."""
-    return SFTRecord(
-        id=rid, messages=[Message(role="user", content=code)], meta={"code": code, "source": source}
-    )
+def source_of(item: Snippet | SFTRecord) -> tuple[str, str]:
+    """(code, source) of a backtranslation source: a corpus file (its path) or a passing solution (its
+    id; the code in ``meta['code']``)."""
+    if isinstance(item, Snippet):
+        return item.code, item.path
+    return item.meta["code"], item.id
+
+
+@dataclass(kw_only=True)
+class Document(CodeStage):
+    """Sources -> their documentation (ids ``bt-{source id}``)."""
+
+    name: str = "bt_document"
+    template = "code/document"
+
+    def request(self, code: str) -> str:
+        """The short user turn of the SFT row (the prompt file's ``request``)."""
+        assert self.prompt is not None
+        short = replace(self.prompt, system=None, shots=(), user=self.prompt.data["request"])
+        return short.messages(code=block(code, MAX_CODE_CHARS))[-1]["content"]
+
+    def variables(self, item: Snippet | SFTRecord) -> dict[str, str]:
+        code, _ = source_of(item)
+        return {"request": self.request(code)}
+
+    def output_id(self, item: Record, j: int) -> str:
+        return f"bt-{item.id}"
+
+    def parse(self, item: Snippet | SFTRecord, reply: Completion, j: int, messages) -> Backtranslation:
+        code, source = source_of(item)
+        doc = reply.text.strip()
+        if reply.finish_reason == "length":
+            doc = cut_to_sentence(doc)
+        if not doc:
+            raise Reject("no_doc")
+        if leaks_code(doc, code):
+            raise Reject("doc_leaks_code")
+        prov = self.provenance(item)
+        prov.source = source
+        rid = self.output_id(item, j)
+        return Backtranslation(id=rid, code=code, source=source, request=self.request(code), doc=doc,
+                               provenance=prov)  # fmt: skip
+
+
+@dataclass(kw_only=True)
+class Regenerate(CodeStage):
+    """Documented code -> code written back from the documentation alone."""
+
+    name: str = "bt_regenerate"
+    template = "code/regenerate"
+
+    def variables(self, bt: Backtranslation) -> dict[str, str]:
+        return {"doc": bt.doc}
+
+    def parse(self, bt: Backtranslation, reply: Completion, j: int, messages) -> Backtranslation:
+        code = extract_code(reply.text)
+        if not code:
+            raise Reject("no_code")
+        return bt.model_copy(deep=True, update={"regenerated": code})
+
+
+def faithfulness_variables(bt: Backtranslation) -> dict[str, str]:
+    return {
+        "original": block(bt.code, MAX_CODE_CHARS),
+        "rewritten": block(bt.regenerated or "", MAX_CODE_CHARS),
+    }
 
 
 @dataclass
-class Document:
-    engine: Engine
-    sampling: SamplingParams
-    stage: str = "bt_document"
+class FaithfulnessJudge(JudgeStage):
+    """The judge over (original, rewritten); each judged item becomes its SFT row (the short
+    "Document this code" request -> the documentation), kept when faithful enough."""
 
-    def __call__(self, sources: list[SFTRecord]) -> list[SFTRecord]:
-        sampling = replace(self.sampling, n=1)
-        replies = ask(self.engine, [document_prompt(s.meta["code"]) for s in sources], sampling)
+    def __call__(self, items: list[Backtranslation]) -> list[Any]:
         out = []
-        for src, comps in zip(sources, replies, strict=True):
-            comp = comps[0]
-            doc = comp.text.strip()
-            if comp.finish_reason == "length":
-                doc = cut_to_sentence(doc)
-            messages = [Message(role="user", content=document_request(src.meta["code"]))]
-            if doc:
-                messages.append(Message(role="assistant", content=doc))
-            rec = SFTRecord(
-                id=src.id,
-                messages=messages,
-                provenance=provenance(self.engine, sampling, TEMPLATE, src.meta["source"]),
-                meta={"code": src.meta["code"], "source": src.meta["source"], "doc": doc},
-            )
-            if not doc:
-                rec.reject(self.stage, "no_doc")
-            elif leaks_code(doc, src.meta["code"]):
-                rec.reject(self.stage, "doc_leaks_code")
-            else:
-                rec.keep(self.stage)
-            out.append(rec)
+        for bt in super().__call__(items):
+            meta = {**bt.meta, "code": bt.code, "source": bt.source, "regenerated": bt.regenerated}
+            out.append(sft_row(bt, bt.request, bt.doc, **meta))
         return out
-
-
-def regenerate_prompt(doc: str) -> list[dict[str, str]]:
-    return [
-        {
-            "role": "user",
-            "content": f"Write Python code that does exactly what this documentation describes:\n\n{doc}\n\n"
-            "Reply with one ```python block.",
-        }
-    ]
-
-
-@dataclass
-class Regenerate:
-    engine: Engine
-    sampling: SamplingParams
-    stage: str = "bt_regenerate"
-
-    def __call__(self, documented: list[SFTRecord]) -> list[SFTRecord]:
-        sampling = replace(self.sampling, n=1)
-        replies = ask(self.engine, [regenerate_prompt(r.meta["doc"]) for r in documented], sampling)
-        for rec, comps in zip(documented, replies, strict=True):
-            code = extract_code(comps[0].text)
-            rec.meta["regenerated"] = code
-            if code:
-                rec.keep(self.stage)
-            else:
-                rec.reject(self.stage, "no_code")
-        return documented
-
-
-JUDGE_SYSTEM = (
-    "You compare two Python programs. You rate from 1 to 10 how faithfully the second program reproduces "
-    "the behaviour of the first, and reply exactly in the form 'Score: N' followed by 'Rationale: <one "
-    "sentence>'."
-)
-_SHOTS = (
-    (
-        "def area(w, h):\n    return w * h\n",
-        "def area(width, height):\n    result = width * height\n    return result\n",
-        "Score: 10\nRationale: Same function, same result for every input.",
-    ),
-    (
-        "def evens(xs):\n    return [x for x in xs if x % 2 == 0]\n",
-        "def evens(s):\n    return s[::-1]\n",
-        "Score: 1\nRationale: It reverses its input instead of keeping the even numbers.",
-    ),
-)
-
-
-def judge_messages(original: str, regenerated: str) -> list[dict[str, str]]:
-    def turn(a: str, b: str) -> str:
-        return f"Original:\n{fence(_cap(a))}\n\nRewritten:\n{fence(_cap(b))}\n\nRate the rewritten program."
-
-    msgs = [{"role": "system", "content": JUDGE_SYSTEM}]
-    for a, b, verdict in _SHOTS:
-        msgs += [{"role": "user", "content": turn(a, b)}, {"role": "assistant", "content": verdict}]
-    msgs.append({"role": "user", "content": turn(original, regenerated)})
-    return msgs
-
-
-@dataclass
-class FaithfulnessJudge:
-    engine: Engine
-    threshold: float = 7.0
-    max_tokens: int = 48
-    name: str = "faithfulness"
-    stage: str = "bt_judge"
-
-    def __call__(self, records: list[SFTRecord]) -> list[SFTRecord]:
-        requests = [Request.chat(judge_messages(r.meta["code"], r.meta["regenerated"])) for r in records]
-        for rec, j in zip(records, judge(self.engine, requests, self.max_tokens), strict=True):
-            rec.meta["judge_reply"] = j.reply
-            if j.score is None:
-                rec.reject(self.stage, "judge_unparseable")
-                continue
-            rec.scores[self.name] = j.score
-            if j.score >= self.threshold:
-                rec.keep(self.stage)
-            else:
-                rec.reject(self.stage, "below_threshold")
-        return records
-
-
-def _cap(code: str) -> str:
-    return code if len(code) <= MAX_CODE_CHARS else code[:MAX_CODE_CHARS] + "\n# ..."

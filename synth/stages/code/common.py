@@ -1,64 +1,58 @@
-"""What the code stages share: provenance, the sandbox settings, chat helpers."""
+"""What the code stages share: the LLM stage base of the recipe, how code sits in a prompt, the
+Python test job, and the SFT row a branch ends with."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
-from sandboxes import Job, Limits, Result, run_many
-from sandboxes.api import get_backend
-from synth.engines.base import Completion, Engine, Request, SamplingParams
-from synth.records import Provenance
+from sandboxes import Job, Limits
+from synth.prompts import load_prompt
+from synth.records import Item, Message, SFTRecord
+from synth.stages.llm import LLMStage
 
 CAPABILITY = "code"
-TEMPLATE_VERSION = "1"
 FEEDBACK_CHARS = 1500  # tail of a traceback / lint report that goes back into a prompt
 
 
-@dataclass
-class Sandbox:
-    """Where generated programs run: a sandboxes backend, its limits, how many at once."""
+@dataclass(kw_only=True)
+class CodeStage(LLMStage):
+    """An LLM stage of the code recipe: capability 'code', prompt file ``template``
+    (``synth/prompts/code/<name>.yaml``) unless one is given."""
 
-    backend: str = "local"
-    unsafe_no_isolation: bool = False
-    limits: Limits = field(default_factory=lambda: Limits(timeout_s=10, memory_mb=512))
-    max_workers: int | None = None
+    capability: str = CAPABILITY
+    template = ""  # class attribute, not a field: each stage names its prompt file
 
-    def check(self) -> None:
-        """Fail now (SandboxUnavailable / ValueError) rather than mark every program 'sandbox_error'."""
-        get_backend(self.backend, unsafe_no_isolation=self.unsafe_no_isolation)
-
-    def run(self, jobs: list[Job]) -> list[Result]:
-        if not jobs:
-            return []
-        return run_many(
-            jobs,
-            backend=self.backend,
-            unsafe_no_isolation=self.unsafe_no_isolation,
-            max_workers=self.max_workers,
-        )
+    def __post_init__(self) -> None:
+        if self.prompt is None:
+            self.prompt = load_prompt(self.template)
 
 
-def provenance(engine: Engine, sampling: SamplingParams, template: str, source: str | None, rnd: int = 0):
-    return Provenance(
-        capability=CAPABILITY,
-        model=engine.model,
-        engine=engine.name,
-        template=template,
-        template_version=TEMPLATE_VERSION,
-        sampling=sampling.to_dict(),
-        seed=sampling.seed,
-        round=rnd,
-        source=source,
+def block(code: str, limit: int | None = None) -> str:
+    """Code as it stands inside a prompt's ```python fence: capped at ``limit`` characters (marked
+    with ``# ...``) and without leading or trailing blank lines."""
+    if limit is not None and len(code) > limit:
+        code = code[:limit] + "\n# ..."
+    return code.strip("\n")
+
+
+def python_job(code: str, script: str, limits: Limits, entry: str = "test_solution.py", **files: str) -> Job:
+    """``solution.py`` next to the test script ``test_solution.py`` (and any other ``files``)."""
+    files = {"solution.py": code, "test_solution.py": script, **files}
+    return Job(files=files, language="python", entry=entry, limits=limits)
+
+
+def sft_row(item: Item, user: str, assistant: str, **meta: Any) -> SFTRecord:
+    """The exported row a branch's item becomes: one user turn and the answer, with the item's id,
+    provenance, scores and verdicts."""
+    return SFTRecord(
+        id=item.id,
+        messages=[Message(role="user", content=user), Message(role="assistant", content=assistant)],
+        provenance=item.provenance,
+        scores=dict(item.scores),
+        verdicts=list(item.verdicts),
+        meta=meta,
     )
-
-
-def ask(
-    engine: Engine, conversations: list[list[dict[str, str]]], sampling: SamplingParams
-) -> list[list[Completion]]:
-    """One batched engine call over chat conversations."""
-    if not conversations:
-        return []
-    return engine.generate([Request.chat(c) for c in conversations], sampling)
 
 
 def tail(text: str, n: int = FEEDBACK_CHARS) -> str:

@@ -5,18 +5,20 @@ the feedback a repair round gets: ``no_code`` (no code in the reply), ``syntax_e
 ``no_tests`` / ``tests_syntax_error`` / ``weak_tests`` (the test script), then the sandbox run:
 ``test_failed`` (an assertion failed), ``runtime_error`` (any other exception), ``timeout``, ``oom``,
 ``output_limit``, ``sandbox_error`` (the sandbox itself failed: not the model's fault, not repaired).
-A candidate that passes is kept.
+A candidate that passes is kept. Every run is appended to the candidate's ``attempts``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sandboxes import Job, Result
-from synth.records import SFTRecord
-from synth.stages.code.common import Sandbox, tail
+from synth.stages.code.common import python_job, tail
+from synth.stages.code.items import Attempt, Candidate
 from synth.stages.code.static import Finding, ruff_check, verdict
 from synth.stages.code.unittests import NO_ASSERT_EXIT, NO_ASSERT_MESSAGE, build_test_script
+from synth.stages.execute import ExecuteStage
+from synth.stages.llm import Reject
 
 NOT_REPAIRABLE = ("sandbox_error",)
 
@@ -50,70 +52,64 @@ def describe(result: Result) -> str:
     return "\n".join(parts)
 
 
-@dataclass
-class Execute:
-    sandbox: Sandbox
-    stage: str
-    round: int = 0
+@dataclass(kw_only=True)
+class Execute(ExecuteStage):
+    """Round ``round`` of the loop (stage ``execute_round{round}``): ruff once per batch, then each
+    candidate's tests in the sandbox."""
 
-    def __call__(self, candidates: list[SFTRecord]) -> list[SFTRecord]:
-        with_code = [c for c in candidates if c.meta.get("code")]
-        findings = dict(
-            zip([c.id for c in with_code], ruff_check([c.meta["code"] for c in with_code]), strict=True)
+    name: str = ""
+    round: int = 0
+    _findings: dict[str, list[Finding]] = field(default_factory=dict, init=False, repr=False)
+    _feedback: dict[str, str] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.name = self.name or f"execute_round{self.round}"
+
+    def __call__(self, candidates: list[Candidate]):
+        with_code = [c for c in candidates if c.code]
+        found = ruff_check([c.code for c in with_code])  # one ruff process for the batch
+        self._findings = {c.id: f for c, f in zip(with_code, found, strict=True)}
+        self._feedback = {}
+        return super().__call__(candidates)
+
+    def _fail(self, cand: Candidate, reason: str, feedback: str) -> Reject:
+        self._feedback[cand.id] = feedback
+        return Reject(reason)
+
+    def job(self, cand: Candidate) -> Job:
+        found = self._findings.get(cand.id, [])
+        if not cand.code:
+            raise self._fail(cand, "no_code", "Your answer contained no Python code.")
+        static = verdict(found)
+        if static:
+            report = "\n".join(f.render() for f in found)
+            raise self._fail(cand, static, f"ruff reported:\n{tail(report)}")
+        if not cand.tests:
+            raise self._fail(cand, "no_tests", "There were no tests (no Python code in the test reply).")
+        script, reason, detail = build_test_script(cand.tests, cand.code)
+        if script is None:
+            raise self._fail(cand, reason or "tests_syntax_error", detail)
+        return python_job(cand.code, script, self.sandbox.limits)
+
+    def verdict(self, cand: Candidate, result: Result) -> str | None:
+        return classify(result)
+
+    def record(self, cand: Candidate, result: Result | None, reason: str | None) -> Candidate:
+        feedback = describe(result) if result is not None else self._feedback[cand.id]
+        lint = [f.render() for f in self._findings.get(cand.id, [])]
+        if reason and lint and reason not in ("syntax_error", "lint"):  # warnings help a repair too
+            feedback += "\n\nruff also reported:\n" + tail("\n".join(lint), 500)
+        if result is not None:
+            cand.last_run = {k: v for k, v in result.to_dict().items() if k not in ("stdout", "stderr")}
+        cand.attempts.append(
+            Attempt(
+                round=self.round,
+                code=cand.code,
+                tests=cand.tests,
+                passed=reason is None,
+                reason=reason,
+                feedback=feedback if reason else "",
+                lint=lint,
+            )
         )
-        jobs: list[tuple[SFTRecord, Job]] = []
-        outcome: dict[str, tuple[str | None, str, list[Finding]]] = {}
-        for cand in candidates:
-            code, tests = cand.meta.get("code"), cand.meta.get("tests")
-            found = findings.get(cand.id, [])
-            if not code:
-                outcome[cand.id] = ("no_code", "Your answer contained no Python code.", [])
-                continue
-            static = verdict(found)
-            if static:
-                report = "\n".join(f.render() for f in found)
-                outcome[cand.id] = (static, f"ruff reported:\n{tail(report)}", found)
-                continue
-            if not tests:
-                outcome[cand.id] = (
-                    "no_tests",
-                    "There were no tests (no Python code in the test reply).",
-                    found,
-                )
-                continue
-            script, reason, detail = build_test_script(tests, code)
-            if script is None:
-                outcome[cand.id] = (reason, detail, found)
-                continue
-            files = {"solution.py": code, "test_solution.py": script}
-            jobs.append(
-                (
-                    cand,
-                    Job(files=files, language="python", entry="test_solution.py", limits=self.sandbox.limits),
-                )
-            )
-        results = self.sandbox.run([j for _, j in jobs])
-        for (cand, _), res in zip(jobs, results, strict=True):
-            outcome[cand.id] = (classify(res), describe(res), findings.get(cand.id, []))
-            cand.meta["last_run"] = {k: v for k, v in res.to_dict().items() if k not in ("stdout", "stderr")}
-        for cand in candidates:
-            reason, feedback, found = outcome[cand.id]
-            lint = [f.render() for f in found]
-            if reason and lint and reason not in ("syntax_error", "lint"):  # warnings help a repair too
-                feedback += "\n\nruff also reported:\n" + tail("\n".join(lint), 500)
-            cand.meta.setdefault("attempts", []).append(
-                {
-                    "round": self.round,
-                    "code": cand.meta.get("code"),
-                    "tests": cand.meta.get("tests"),
-                    "passed": reason is None,
-                    "reason": reason,
-                    "feedback": feedback if reason else "",
-                    "lint": lint,
-                }
-            )
-            if reason:
-                cand.reject(self.stage, reason)
-            else:
-                cand.keep(self.stage)
-        return candidates
+        return cand

@@ -1,79 +1,58 @@
 """Repair: the failing code, its tests and the feedback (lint report, traceback, failing assert) go back
 to the model, which fixes the solution or the tests.
 
-The rule: python blocks of the reply are sorted into solution or tests (``split_repair``); what is not
-in the reply stays as it was; a reply that changes neither is rejected ('no_change') and the candidate
-stops there. A repaired candidate loses its failed execution verdict (kept in ``meta['attempts']``) so the
-next execution round judges it afresh.
+Round r reads the candidates that execution round r-1 rejected. The rule: python blocks of the reply
+are sorted into solution or tests (``split_repair``); what is not in the reply stays as it was; a reply
+that changes neither is rejected ('no_change') and the candidate stops there. A repaired candidate
+loses its failed execution verdict (kept in ``attempts``) so the next execution round judges it afresh.
+A failure that is not the model's ('sandbox_error') is not asked about: it passes through rejected.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from synth.engines.base import Engine, SamplingParams
-from synth.records import SFTRecord
-from synth.stages.code.common import ask
-from synth.stages.code.extract import fence, split_repair
-from synth.stages.code.solve import solve_prompt
-
-TEMPLATE = "code_repair"
-REASON_TEXT = {
-    "no_code": "your answer contained no code",
-    "syntax_error": "the code has a syntax error",
-    "lint": "static analysis found errors in the code",
-    "no_tests": "there were no tests",
-    "tests_syntax_error": "the tests have a syntax error",
-    "weak_tests": "the tests do not check the solution",
-    "test_failed": "a test assertion failed",
-    "runtime_error": "running the tests raised an error",
-    "timeout": "the program ran too long",
-    "oom": "the program ran out of memory",
-    "output_limit": "the program printed too much",
-}
+from synth.engines.base import Completion
+from synth.stages.code.common import CodeStage, block
+from synth.stages.code.execute import NOT_REPAIRABLE
+from synth.stages.code.extract import split_repair
+from synth.stages.code.items import Candidate
 
 
-def repair_messages(cand: SFTRecord) -> list[dict[str, str]]:
-    last = cand.meta["attempts"][-1]
-    code, tests = cand.meta.get("code"), cand.meta.get("tests")
-    shown_tests = fence(tests) if tests else "(none)"
-    why = REASON_TEXT.get(last["reason"], last["reason"])
-    msgs = solve_prompt(cand.meta["problem"])
-    msgs.append({"role": "assistant", "content": fence(code) if code else "(no code)"})
-    msgs.append(
-        {
-            "role": "user",
-            "content": f"This failed: {why}.\n\n{last['feedback']}\n\nThe tests were:\n{shown_tests}\n\n"
-            "Fix the solution (or the tests, if they are wrong). Reply with the fixed solution in one "
-            "```python block; if you fix the tests, put them in a second ```python block that starts "
-            "with `# tests`.",
+@dataclass(kw_only=True)
+class Repair(CodeStage):
+    """Repair round ``repair_round`` (stage ``repair_round{n}``; ``round`` is the post-training round)."""
+
+    name: str = ""
+    repair_round: int = 1
+    template = "code/repair"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.name = self.name or f"repair_round{self.repair_round}"
+
+    def asks(self, cand: Candidate) -> bool:
+        return bool(cand.attempts) and cand.attempts[-1].reason not in NOT_REPAIRABLE
+
+    def variables(self, cand: Candidate) -> dict[str, str | None]:
+        last = cand.attempts[-1]
+        reasons = self.prompt.data["reasons"]
+        return {
+            "problem": cand.problem,
+            "code": block(cand.code) if cand.code else None,
+            "why": reasons.get(last.reason, last.reason),
+            "feedback": last.feedback,
+            "tests": block(cand.tests) if cand.tests else None,
         }
-    )
-    return msgs
 
-
-@dataclass
-class Repair:
-    engine: Engine
-    sampling: SamplingParams
-    stage: str
-    round: int
-
-    def __call__(self, failed: list[SFTRecord]) -> list[SFTRecord]:
-        replies = ask(self.engine, [repair_messages(c) for c in failed], self.sampling)
-        out = []
-        for cand, comps in zip(failed, replies, strict=True):
-            rec = cand.model_copy(deep=True)
-            rec.verdicts = [v for v in rec.verdicts if not v.stage.startswith("execute_round")]
-            text = comps[0].text
-            code, tests = split_repair(text)
-            new_code = code or rec.meta.get("code")
-            new_tests = tests or rec.meta.get("tests")
-            rec.meta.setdefault("repairs", []).append({"round": self.round, "reply": text})
-            if new_code == rec.meta.get("code") and new_tests == rec.meta.get("tests"):
-                rec.reject(self.stage, "no_change")
-            else:
-                rec.meta.update(code=new_code, tests=new_tests, round=self.round)
-                rec.keep(self.stage)
-            out.append(rec)
-        return out
+    def parse(self, cand: Candidate, reply: Completion, j: int, messages) -> Candidate:
+        rec = cand.model_copy(deep=True)
+        rec.verdicts = [v for v in rec.verdicts if not v.stage.startswith("execute_round")]
+        code, tests = split_repair(reply.text)
+        new_code, new_tests = code or rec.code, tests or rec.tests
+        rec.repairs.append(reply.text)
+        if new_code == rec.code and new_tests == rec.tests:
+            rec.reject(self.name, "no_change")
+        else:
+            rec.code, rec.tests, rec.round = new_code, new_tests, self.repair_round
+        return rec

@@ -14,16 +14,18 @@ its static types need a per-signature harness.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from sandboxes import Job, Result
-from synth.engines.base import Engine, SamplingParams
-from synth.records import Message, SFTRecord
-from synth.stages.code.common import Sandbox, ask, provenance, tail
+from sandboxes import Job, Limits, Result
+from synth.engines.base import Completion
+from synth.records import Provenance, SFTRecord
+from synth.stages.code.common import CAPABILITY, CodeStage, block, python_job, sft_row, tail
 from synth.stages.code.extract import extract_code, fence
+from synth.stages.code.items import IOCase, Translation
 from synth.stages.code.unittests import build_test_script
+from synth.stages.execute import ExecuteStage
+from synth.stages.llm import Reject
 
-TEMPLATE = "code_translate"
 LANGUAGES = {"javascript": "JavaScript", "php": "PHP"}
 MAX_CASES = 30
 CASES_MARKER = "__SYNTH_IO_CASES__"
@@ -152,110 +154,26 @@ exit($bad ? {WRONG_EXIT} : 0);
 """
 
 
-@dataclass
-class IOCases:
-    """Record language-neutral input/output cases of each passing solution (reject 'no_io_cases')."""
-
-    sandbox: Sandbox
-    stage: str = "io_cases"
-
-    def __call__(self, solutions: list[SFTRecord]) -> list[SFTRecord]:
-        jobs = []
-        for sol in solutions:
-            script, _, _ = build_test_script(sol.meta["tests"], sol.meta["code"])
-            files = {
-                "solution.py": sol.meta["code"],
-                "test_solution.py": script or "",
-                "record.py": _RECORDER,
-            }
-            jobs.append(Job(files=files, language="python", entry="record.py", limits=self.sandbox.limits))
-        out = []
-        for sol, res in zip(solutions, self.sandbox.run(jobs), strict=True):
-            rec = sol.model_copy(deep=True)
-            cases = _parse_cases(res)
-            rec.meta["io_cases"] = cases
-            if cases:
-                rec.keep(self.stage)
-            else:
-                rec.reject(self.stage, "no_io_cases")
-            out.append(rec)
-        return out
-
-
-def _parse_cases(res: Result) -> list[dict]:
+def read_cases(res: Result) -> list[IOCase]:
     for line in reversed(res.stdout.splitlines()):
         if line.startswith(CASES_MARKER):
-            return json.loads(line[len(CASES_MARKER) :])
+            return [IOCase.model_validate(c) for c in json.loads(line[len(CASES_MARKER) :])]
     return []
 
 
-def function_names(cases: list[dict]) -> list[str]:
-    return sorted({c["fn"] for c in cases})
+def function_names(cases: list[IOCase]) -> list[str]:
+    return sorted({c.fn for c in cases})
 
 
-def translate_prompt(code: str, language: str, names: list[str]) -> list[dict[str, str]]:
-    label = LANGUAGES[language]
-    return [
-        {
-            "role": "user",
-            "content": f"Translate this Python code to {label}:\n{fence(code)}\n\nKeep the function names "
-            f"({', '.join(names)}) and their arguments. Write only the functions, no example program. "
-            f"Reply with one ```{language} block.",
-        }
-    ]
-
-
-@dataclass
-class Translate:
-    engine: Engine
-    sampling: SamplingParams
-    language: str
-    stage: str
-
-    def __call__(self, solutions: list[SFTRecord]) -> list[SFTRecord]:
-        sampling = replace(self.sampling, n=1)
-        prompts = [
-            translate_prompt(s.meta["code"], self.language, function_names(s.meta["io_cases"]))
-            for s in solutions
-        ]
-        replies = ask(self.engine, prompts, sampling)
-        out = []
-        for sol, prompt, comps in zip(solutions, prompts, replies, strict=True):
-            text = comps[0].text
-            code = extract_code(text, self.language)
-            messages = [Message(role="user", content=prompt[-1]["content"])]
-            if code:
-                messages.append(Message(role="assistant", content=fence(code, self.language)))
-            rec = SFTRecord(
-                id=f"{sol.id}-{self.language}",
-                messages=messages,
-                provenance=provenance(self.engine, sampling, f"{TEMPLATE}_{self.language}", sol.id),
-                meta={
-                    "solution_id": sol.id,
-                    "problem_id": sol.meta["problem_id"],
-                    "language": self.language,
-                    "code": code,
-                    "reply": text,
-                    "io_cases": sol.meta["io_cases"],
-                },
-            )
-            if code:
-                rec.keep(self.stage)
-            else:
-                rec.reject(self.stage, "no_code")
-            out.append(rec)
-        return out
-
-
-def translation_job(code: str, language: str, cases: list[dict], sandbox: Sandbox) -> Job:
-    stdin = json.dumps(cases)
+def translation_job(code: str, language: str, cases: list[IOCase], limits: Limits) -> Job:
+    stdin = json.dumps([c.model_dump() for c in cases])
     if language == "javascript":
         return Job(files={"main.js": code + "\n" + _JS_HARNESS}, language="javascript", entry="main.js",
-                   stdin=stdin, limits=sandbox.limits)  # fmt: skip
+                   stdin=stdin, limits=limits)  # fmt: skip
     if language == "php":
         src = code if code.lstrip().startswith("<?php") else "<?php\n" + code
         return Job(files={"solution.php": src, "main.php": _PHP_HARNESS}, language="php", entry="main.php",
-                   stdin=stdin, limits=sandbox.limits)  # fmt: skip
+                   stdin=stdin, limits=limits)  # fmt: skip
     raise ValueError(f"no translation harness for {language!r}; choose from {', '.join(LANGUAGES)}")
 
 
@@ -267,27 +185,89 @@ def classify_translation(res: Result) -> str | None:
     return {MISSING_EXIT: "missing_function", WRONG_EXIT: "wrong_output"}.get(res.exit_code, "load_error")
 
 
-@dataclass
-class RunTranslation:
-    """Run each translation against its solution's I/O cases; keep the ones that reproduce them all."""
+@dataclass(kw_only=True)
+class IOCases(ExecuteStage):
+    """Passing solutions (SFT rows of ``solutions``) -> a ``Translation`` holding their recorded I/O
+    cases (rejected 'no_io_cases' when no call was plain enough to record)."""
 
-    sandbox: Sandbox
-    stage: str
+    name: str = "io_cases"
 
-    def __call__(self, translations: list[SFTRecord]) -> list[SFTRecord]:
-        jobs = [
-            translation_job(t.meta["code"], t.meta["language"], t.meta["io_cases"], self.sandbox)
-            for t in translations
-        ]
-        for rec, res in zip(translations, self.sandbox.run(jobs), strict=True):
-            reason = classify_translation(res)
-            rec.meta["run"] = {
-                "status": res.status,
-                "exit_code": res.exit_code,
-                "stderr": tail(res.stderr, 600),
-            }
-            if reason:
-                rec.reject(self.stage, reason)
-            else:
-                rec.keep(self.stage)
-        return translations
+    def job(self, sol: SFTRecord) -> Job:
+        code = sol.meta["code"]
+        script, _, _ = build_test_script(sol.meta["tests"], code)
+        files = {"record.py": _RECORDER}
+        return python_job(code, script or "", self.sandbox.limits, entry="record.py", **files)
+
+    def verdict(self, sol: SFTRecord, result: Result) -> str | None:
+        return None if read_cases(result) else "no_io_cases"
+
+    def record(self, sol: SFTRecord, result: Result | None, reason: str | None) -> Translation:
+        return Translation(
+            id=sol.id,
+            solution_id=sol.id,
+            problem_id=sol.meta["problem_id"],
+            python=sol.meta["code"],
+            cases=read_cases(result) if result is not None else [],
+            provenance=Provenance(capability=CAPABILITY, source=sol.id),
+        )
+
+
+@dataclass(kw_only=True)
+class Translate(CodeStage):
+    """Solutions with I/O cases -> their translation to ``language`` (stage ``translate_{language}``);
+    a reply without code in that language is kept as 'no_code'."""
+
+    language: str
+    name: str = ""
+    template = "code/translate"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.name = self.name or f"translate_{self.language}"
+
+    def variables(self, t: Translation) -> dict[str, str]:
+        label, names = LANGUAGES[self.language], ", ".join(function_names(t.cases))
+        return {"label": label, "language": self.language, "code": block(t.python), "names": names}
+
+    def output_id(self, t: Translation, j: int) -> str:
+        return f"{t.id}-{self.language}"
+
+    def parse(self, t: Translation, reply: Completion, j: int, messages) -> Translation:
+        code = extract_code(reply.text, self.language)
+        if not code:
+            raise Reject("no_code")
+        rec = t.model_copy(deep=True)
+        rec.id, rec.language, rec.code, rec.reply = self.output_id(t, j), self.language, code, reply.text
+        rec.request = messages[-1]["content"]
+        rec.provenance = self.provenance(t)
+        return rec
+
+
+@dataclass(kw_only=True)
+class RunTranslation(ExecuteStage):
+    """Run each translation against its solution's I/O cases (stage ``run_{language}``); the ones that
+    reproduce them all become SFT rows (the translation prompt -> the fenced translated code)."""
+
+    language: str
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or f"run_{self.language}"
+
+    def job(self, t: Translation) -> Job:
+        return translation_job(t.code or "", self.language, t.cases, self.sandbox.limits)
+
+    def verdict(self, t: Translation, result: Result) -> str | None:
+        return classify_translation(result)
+
+    def record(self, t: Translation, result: Result | None, reason: str | None) -> SFTRecord:
+        run = None
+        if result is not None:
+            run = {"status": result.status, "exit_code": result.exit_code, "stderr": tail(result.stderr, 600)}
+        meta = {
+            "solution_id": t.solution_id,
+            "problem_id": t.problem_id,
+            "language": self.language,
+            "run": run,
+        }
+        return sft_row(t, t.request or "", fence(t.code or "", self.language), **meta)

@@ -10,19 +10,15 @@ counted, and a script in which no assertion ran fails ('weak_tests') instead of 
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from synth.engines.base import Engine, SamplingParams
-from synth.records import SFTRecord
-from synth.stages.code.common import ask
-from synth.stages.code.extract import extract_code, fence
+from synth.engines.base import Completion
+from synth.stages.code.common import CodeStage, block
+from synth.stages.code.extract import extract_code
+from synth.stages.code.items import Candidate
 
-TEMPLATE = "code_tests"
 NO_ASSERT_EXIT = 3
 NO_ASSERT_MESSAGE = "no assertion ran: the tests must assert on the solution's results"
-_SHOT_PROBLEM = "Write a function `add(a, b)` that returns the sum of two numbers."
-_SHOT_CODE = "def add(a, b):\n    return a + b\n"
-_SHOT_TESTS = "assert add(1, 2) == 3\nassert add(-1, 1) == 0\nassert add(2.5, 0.5) == 3.0\n"
 
 _PROLOGUE = """\
 from solution import *
@@ -48,21 +44,6 @@ def _synth_finish():
         _synth_sys.exit({NO_ASSERT_EXIT})
 _synth_finish()
 """
-
-
-def tests_prompt(problem: str, code: str) -> list[dict[str, str]]:
-    def turn(p: str, c: str) -> str:
-        return (
-            f"Problem:\n{p}\n\nSolution:\n{fence(c)}\n\nWrite tests for this solution: a Python script of "
-            "assert statements that call its functions on example inputs and check the results. The "
-            "solution's functions are already imported. Reply with one ```python block."
-        )
-
-    return [
-        {"role": "user", "content": turn(_SHOT_PROBLEM, _SHOT_CODE)},
-        {"role": "assistant", "content": fence(_SHOT_TESTS)},
-        {"role": "user", "content": turn(problem, code)},
-    ]
 
 
 def defined_names(code: str) -> set[str]:
@@ -152,21 +133,21 @@ def build_test_script(tests: str, code: str) -> tuple[str | None, str | None, st
     return _PROLOGUE + ast.unparse(tree) + "\n" + _EPILOGUE, None, ""
 
 
-@dataclass
-class WriteTests:
-    """One test script per candidate that has code (written from the problem and that code)."""
+@dataclass(kw_only=True)
+class WriteTests(CodeStage):
+    """One test script per candidate that has code (written from the problem and that code); a
+    candidate without code passes through (execution rejects it as 'no_code')."""
 
-    engine: Engine
-    sampling: SamplingParams
-    stage: str = "write_tests"
+    name: str = "write_tests"
+    template = "code/tests"
 
-    def __call__(self, candidates: list[SFTRecord]) -> list[SFTRecord]:
-        todo = [c for c in candidates if c.meta.get("code")]
-        sampling = replace(self.sampling, n=1)
-        replies = ask(self.engine, [tests_prompt(c.meta["problem"], c.meta["code"]) for c in todo], sampling)
-        for cand, comps in zip(todo, replies, strict=True):
-            cand.meta["tests"] = extract_code(comps[0].text)
-            cand.meta["tests_reply"] = comps[0].text
-        for cand in candidates:
-            cand.keep(self.stage)
-        return candidates
+    def asks(self, cand: Candidate) -> bool:
+        return bool(cand.code)
+
+    def variables(self, cand: Candidate) -> dict[str, str]:
+        return {"problem": cand.problem, "code": block(cand.code or "")}
+
+    def parse(self, cand: Candidate, reply: Completion, j: int, messages) -> Candidate:
+        return cand.model_copy(
+            deep=True, update={"tests": extract_code(reply.text), "tests_reply": reply.text}
+        )

@@ -1,4 +1,5 @@
-"""Chat-template tokenization with loss masks, for any model's own template.
+"""Chat-template tokenization with loss masks, for any model's own template (the trainers in train/
+and the reward-model scorer in synth.stages.reward encode conversations here, one way).
 
 SmolLM2's template (like many) has no ``{% generation %}`` markers, so transformers cannot return an
 assistant mask. Instead we render the conversation once and find each assistant turn by rendering

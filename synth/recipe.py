@@ -1,0 +1,147 @@
+"""Recipes: one file per capability, each a config dataclass plus a function that composes stages.
+
+    @recipe("general", GeneralConfig)
+    def general(run: Run, cfg: GeneralConfig) -> Outputs:
+        seeds = run.source("seeds", read_seeds(cfg, run))
+        ...
+        return Outputs(prompts=seeds, sft=[top], preference=[pairs])
+
+A recipe registers by name; ``synth run NAME`` builds its config from options, a YAML file and
+``--set`` overrides (``synth.config``), opens the run directory, gives the recipe the run's cached
+engine (``run.engine``, built from the config on first use), and stores the outputs the recipe
+declares, so export, rejection sampling and ``synth round`` find every recipe's prompts and rows
+without naming conventions.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from synth.config import Config, option
+from synth.engines import Engine, SamplingParams, get_engine
+from synth.pipeline import CachedEngine, Rows, Run
+
+EMBEDDED = "SmolLM2-135M-Instruct"
+
+
+@dataclass(kw_only=True)
+class RecipeConfig(Config):
+    """What every recipe's config shares: where the run lives, which engine and model, how to sample."""
+
+    out: str = option(help="Run directory; the same command resumes a stopped run.")
+    engine: str = option("hf", "hf (transformers), vllm (offline vLLM) or openai (any server).",
+                         choices=("hf", "vllm", "openai"))  # fmt: skip
+    model: str | None = option(None, "Model path or hub id; default: the embedded SmolLM2-135M-Instruct.")
+    base_url: str | None = option(None, "OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")
+    k: int = option(4, "Samples per prompt (Llama 3 uses 10-30).", min=1)
+    max_tokens: int = option(256, "Max new tokens per model call.", min=1)
+    temperature: float = option(0.8, "Sampling temperature.", min=0.0)
+    top_p: float = option(0.95, "Nucleus sampling mass.", min=0.0, max=1.0)
+    seed: int = option(0, "Sampling seed (the engine cache keys on it).")
+    batch_size: int = option(8, "Items per committed batch.", min=1)
+    round: int = option(0, "Post-training round the rows belong to.", min=0)
+    skip_invalid: bool = option(False, "Quarantine malformed input rows instead of stopping.")
+    engine_kwargs: dict[str, Any] = option(
+        default_factory=dict, help="Engine options (YAML mapping), e.g. {batch_size: 16, dtype: bfloat16}."
+    )
+
+    def sampling(self, **overrides: Any) -> SamplingParams:
+        params = dict(n=self.k, temperature=self.temperature, top_p=self.top_p,
+                      max_tokens=self.max_tokens, seed=self.seed)  # fmt: skip
+        return SamplingParams(**{**params, **overrides})
+
+
+@dataclass
+class Outputs:
+    """What a recipe leaves behind: the stage of its prompts and any number of output stages per kind
+    (``sft``, ``preference``, and kinds that come later, such as step labels)."""
+
+    prompts: Rows | None = None
+    capability: str | None = None  # the run's capability; default: the recipe's name
+    sft: list[Rows] = field(default_factory=list)
+    preference: list[Rows] = field(default_factory=list)
+    extra: dict[str, list[Rows]] = field(default_factory=dict)
+
+    def to_meta(self) -> dict[str, Any]:
+        kinds = {"sft": self.sft, "preference": self.preference, **self.extra}
+        out: dict[str, Any] = {k: [s for r in v for s in r.stages] for k, v in kinds.items()}
+        out["prompts"] = self.prompts.stages[0] if self.prompts else None
+        return out
+
+
+@dataclass
+class Recipe:
+    name: str
+    config: type[RecipeConfig]
+    fn: Callable[[Run, Any], Outputs]
+    summary: str
+    doc: str
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def recipe(name: str, config: type[RecipeConfig]) -> Callable[[Callable[[Run, Any], Outputs]], Callable]:
+    """Register a recipe function under ``name`` with its config class."""
+
+    def register(fn: Callable[[Run, Any], Outputs]) -> Callable:
+        doc = (fn.__module__ and importlib.import_module(fn.__module__).__doc__) or fn.__doc__ or ""
+        summary = (fn.__doc__ or doc).strip().splitlines()[0] if (fn.__doc__ or doc).strip() else name
+        RECIPES[name] = Recipe(name, config, fn, summary, doc)
+        return fn
+
+    return register
+
+
+def _discover() -> None:
+    import synth.recipes as package
+
+    for mod in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"synth.recipes.{mod.name}")
+
+
+def recipes() -> dict[str, Recipe]:
+    _discover()
+    return dict(sorted(RECIPES.items()))
+
+
+def get_recipe(name: str) -> Recipe:
+    found = recipes()
+    if name not in found:
+        raise KeyError(f"unknown recipe {name!r}; known: {', '.join(found)}")
+    return found[name]
+
+
+def open_run(cfg: RecipeConfig, recipe_name: str, engine: Engine | None = None) -> Run:
+    """The run directory, with its cached engine; a different config there is refused."""
+    config = {k: v for k, v in asdict(cfg).items() if k != "engine_kwargs"}
+    run = Run(cfg.out, config={"recipe": recipe_name, **config})
+    model = engine.model if engine is not None else (cfg.model or EMBEDDED)
+    name = engine.name if engine is not None else cfg.engine
+
+    def build() -> Engine:
+        return get_engine(cfg.engine, cfg.model, base_url=cfg.base_url, **cfg.engine_kwargs)
+
+    run.engine = CachedEngine(engine or build, run.store, name=name, model=model)
+    return run
+
+
+def run_recipe(name: str, cfg: RecipeConfig, engine: Engine | None = None) -> Run:
+    """Run (or resume) recipe ``name``; ``engine`` replaces the configured one (tests, embedding)."""
+    spec = get_recipe(name)
+    if not isinstance(cfg, spec.config):
+        raise TypeError(f"recipe {name!r} takes a {spec.config.__name__}, got {type(cfg).__name__}")
+    run = open_run(cfg, name, engine)
+    try:
+        outputs = spec.fn(run, cfg)
+        run.store.set_meta("outputs", outputs.to_meta())
+        run.store.set_meta("capability", outputs.capability or name)
+        run.log("run_done")
+    except BaseException:
+        run.close()  # an interrupted run leaves its store closed and resumable
+        raise
+    return run

@@ -1,0 +1,119 @@
+"""Options of ``synth train rm|sft|dpo``: one dataclass per command, the single source of its CLI
+flags, its YAML keys (``--config``) and their help text.
+
+Each class validates its ranges when built (``synth.config.Config``) and maps itself to the
+:func:`train.run_recipe` call (``run()``), so the CLI, a YAML file and Python code train the same way::
+
+    from synth.config import build
+    build(SFTOptions, {"data": "export/", "out": "sft/", "max_steps": 10}).run()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from synth.config import Config, option
+
+# torch, transformers and datasets load in run(): `synth train --help` stays fast
+
+
+@dataclasses.dataclass(kw_only=True)
+class TrainOptions(Config):
+    """What every recipe shares: data, output, base model and the TrainingArguments we expose."""
+
+    kind: ClassVar[str] = ""
+
+    data: str = option(help="Exported dataset folder, or .jsonl/.parquet.")
+    out: str = option(help="Output folder: model, tokenizer, metrics, runs.")
+    model: str = option("embedded", "Base model: local path, hub name or 'embedded'.")
+    epochs: float = option(1.0, "Training epochs (a fraction trains part of one).", min=0, max=1000)
+    lr: float = option(1e-5, "Peak learning rate.", min=0, max=1)
+    batch_size: int = option(4, "Rows per device per step.", min=1, max=65536)
+    grad_accum: int = option(1, "Gradient accumulation steps.", min=1, max=65536)
+    max_length: int = option(1024, "Tokens per sequence.", min=16, max=1_048_576)
+    max_steps: int = option(-1, "Stop after this many steps (-1: run the epochs).", min=-1)
+    gradient_checkpointing: bool = option(False, "Activation checkpointing (saves GPU memory).")
+    deepspeed: str | None = option(None, "DeepSpeed JSON, e.g. train/configs/zero2.json.")
+    logging_steps: int = option(10, "Log every N steps.", min=1)
+    seed: int = option(42, "Random seed.", min=0, max=2**32 - 1)
+
+    def recipe_config(self) -> dict[str, Any]:
+        """The recipe's config fields (``train.config.*Config``) these options set."""
+        return {
+            "output_dir": str(self.out),
+            "num_train_epochs": self.epochs,
+            "learning_rate": self.lr,
+            "per_device_train_batch_size": self.batch_size,
+            "per_device_eval_batch_size": self.batch_size,
+            "gradient_accumulation_steps": self.grad_accum,
+            "max_length": self.max_length,
+            "max_steps": self.max_steps,
+            "activation_checkpointing": self.gradient_checkpointing,
+            "deepspeed": str(self.deepspeed) if self.deepspeed else None,
+            "logging_steps": self.logging_steps,
+            "seed": self.seed,
+        }
+
+    def recipe_call(self) -> tuple[str, str, str, dict[str, Any]]:
+        """``(kind, data, model, config)``: the arguments of ``run_recipe`` for these options."""
+        return self.kind, str(self.data), self.model, self.recipe_config()
+
+    def run(self) -> dict:
+        """Train; returns the recipe's metrics. Raises ``train.data.DatasetError`` on bad data."""
+        from train import run_recipe
+
+        kind, data, model, config = self.recipe_call()
+        return run_recipe(kind, data, model, **config)
+
+
+def _drop(keep_marginal: bool) -> tuple[str, ...]:
+    return () if keep_marginal else ("marginally_better",)
+
+
+@dataclasses.dataclass(kw_only=True)
+class RMOptions(TrainOptions):
+    """Reward model (Bradley-Terry + margin); reports held-out accuracy per strength."""
+
+    kind: ClassVar[str] = "rm"
+
+    margin: bool = option(True, "Llama 2 margin by preference strength.")
+    concat: bool = option(False, "Llama 3: one row per prompt with all its responses.")
+    keep_marginal: bool = option(False, "Also train on 'marginally_better' rows.")
+
+    def recipe_config(self) -> dict[str, Any]:
+        return {
+            **super().recipe_config(),
+            "use_margin": self.margin,
+            "concat_responses": self.concat,
+            "drop_strengths": _drop(self.keep_marginal),
+        }
+
+
+@dataclasses.dataclass(kw_only=True)
+class SFTOptions(TrainOptions):
+    """Supervised fine-tuning on assistant turns, padding-free."""
+
+    kind: ClassVar[str] = "sft"
+
+
+@dataclasses.dataclass(kw_only=True)
+class DPOOptions(TrainOptions):
+    """DPO with masked formatting tokens, NLL regulariser and a cached reference."""
+
+    kind: ClassVar[str] = "dpo"
+
+    beta: float = option(0.1, "DPO temperature.", min=1e-4, max=100)
+    nll_weight: float = option(0.2, "Weight of the chosen NLL term.", min=0, max=100)
+    keep_marginal: bool = option(False, "Also train on 'marginally_better' rows.")
+
+    def recipe_config(self) -> dict[str, Any]:
+        return {
+            **super().recipe_config(),
+            "beta": self.beta,
+            "nll_weight": self.nll_weight,
+            "drop_strengths": _drop(self.keep_marginal),
+        }
+
+
+OPTIONS: dict[str, type[TrainOptions]] = {"rm": RMOptions, "sft": SFTOptions, "dpo": DPOOptions}
