@@ -261,7 +261,7 @@ def main(args: list[str] | None = None) -> int:
     """Entry point. The typer commands run on typer's own copy of click, the generated groups on
     click itself: exits and usage errors of the latter are handled here, as click would."""
     try:
-        cli.main(args=args, standalone_mode=False)
+        code = cli.main(args=args, standalone_mode=False)  # typer returns its own exits' codes
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.ClickException as e:
@@ -277,7 +277,7 @@ def main(args: list[str] | None = None) -> int:
         if hasattr(e, "show"):
             e.show()
         return code
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -67,12 +67,12 @@ class Config:
             if meta.get("choices") and value not in meta["choices"]:
                 raise ConfigError(f"{f.name} must be one of {', '.join(meta['choices'])}, got {value!r}")
             lo, hi, gt = meta.get("min"), meta.get("max"), meta.get("gt")
-            if isinstance(value, int | float) and gt is not None and not value > gt:
-                raise ConfigError(f"{f.name} must be in {_range(gt, hi, open_low=True)}, got {value}")
-            if isinstance(value, int | float) and (
-                lo is not None and value < lo or hi is not None and value > hi
-            ):
-                raise ConfigError(f"{f.name} must be in {_range(lo, hi)}, got {value}")
+            if not isinstance(value, int | float):
+                continue
+            too_low = value <= gt if gt is not None else (lo is not None and value < lo)
+            if too_low or (hi is not None and value > hi):
+                shown = _range(gt, hi, open_low=True) if gt is not None else _range(lo, hi)
+                raise ConfigError(f"{f.name} must be in {shown}, got {value}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

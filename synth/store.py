@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,6 +85,7 @@ class Store:
         limit = os.environ.get("SYNTH_DUCKDB_MEMORY", "1GB")
         self.db = duckdb.connect(str(path), read_only=read_only, config={"memory_limit": limit})
         self._seq: dict[str, int] = {}
+        self._cursors: weakref.WeakSet = weakref.WeakSet()
         if not read_only:
             self.db.execute(_SCHEMA)
             # stores written before the group column existed
@@ -92,6 +94,8 @@ class Store:
         self._grp = "grp" if "grp" in columns else "key"  # read-only, pre-recipe store: no groups
 
     def close(self) -> None:
+        for cur in list(self._cursors):  # streams a stage left unfinished (an exception mid-stage)
+            cur.close()
         self.db.close()
 
     @contextmanager
@@ -192,6 +196,7 @@ class Store:
             args.append(kept)
         sql += " ORDER BY grp, s, seq" if order == "group" else " ORDER BY s, seq"
         cur = self.db.cursor()
+        self._cursors.add(cur)
         try:
             reader = cur.sql(sql, params=args).to_arrow_reader(chunk)
             for rb in reader:
@@ -286,7 +291,7 @@ class Store:
     def cache_put(self, model: str, entries: dict[str, list[Completion]]) -> None:
         if not entries:
             return
-        fresh = pa.table(
+        fresh = pa.table(  # noqa: F841 - DuckDB reads this local by name below
             {
                 "key": pa.array(list(entries), pa.string()),
                 "model": pa.array([model] * len(entries), pa.string()),

@@ -188,3 +188,18 @@ def test_choice_logprobs_are_cached_apart_from_generations(tmp_path, scripted_en
     assert calls == [2, 2]
     eng.generate(reqs, SamplingParams(n=1))  # a generation never reads a choice entry
     assert scripted_engine.calls == [2]
+
+
+def test_a_stage_that_fails_mid_stream_leaves_the_store_closed_and_readable(tmp_path):
+    run = Run(tmp_path, config={})
+    src = run.source("in", [prompt(i) for i in range(50)])
+
+    def boom(batch):
+        raise RuntimeError("engine down")
+
+    with pytest.raises(RuntimeError):
+        run.map(Stage("gen", boom), src, batch_size=4)
+    run.close()  # the open read cursor is closed with the store
+    store = Store(tmp_path, read_only=True)  # another configuration opens: no connection left behind
+    assert store.count("in") == 50
+    store.close()

@@ -59,13 +59,13 @@ def test_help_lists_every_option_with_help_and_default(kind):
             assert f"[default: {f.default}]" in text, f.name
     for flag in ("--config FILE", "--set KEY=VALUE"):
         assert flag in text
-    assert "Range: [0, 1]. [default: 1e-05]" in text  # --lr
+    assert "Range: (0, 1]. [default: 1e-05]" in text  # --lr
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--lr", "-1"], "lr must be in [0, 1], got -1.0"),
+        (["--lr", "-1"], "lr must be in (0, 1], got -1.0"),
         (["--batch-size", "0"], "batch_size must be in [1, 65536], got 0"),
         (["--max-steps", "-2"], "max_steps must be in [-1, inf), got -2"),
         (["--set", "seed=-5"], "seed must be in [0, 4294967295], got -5"),
@@ -80,7 +80,7 @@ def test_bad_option_value_exits_2_with_range(tmp_path, monkeypatch, args, messag
 
 def test_bad_dpo_beta_and_missing_data_exit_2(tmp_path):
     result = runner.invoke(group, ["dpo", "--data", "d", "--out", "o", "--beta", "0"])
-    assert result.exit_code == 2 and "beta must be in [0.0001, 100], got 0.0" in result.output
+    assert result.exit_code == 2 and "beta must be in (0, 100], got 0.0" in result.output
     result = runner.invoke(group, ["rm", "--out", "o"])
     assert result.exit_code == 2 and "missing --data" in result.output
     result = runner.invoke(group, ["sft", "--data", "d", "--out", "o", "--set", "lerning_rate=1"])
@@ -102,7 +102,7 @@ def test_build_from_yaml_and_set(tmp_path):
     }  # fmt: skip
     # later layers win; --set beats the YAML
     assert build(SFTOptions, load_yaml(path), parse_sets(["max_steps=5"])).max_steps == 5
-    with pytest.raises(ConfigError, match=r"lr must be in \[0, 1\]"):
+    with pytest.raises(ConfigError, match=r"lr must be in \(0, 1\]"):
         build(SFTOptions, load_yaml(path), {"lr": -1})
 
 

@@ -28,7 +28,7 @@ class TrainOptions(Config):
     out: str = option(help="Output folder: model, tokenizer, metrics, runs.")
     model: str = option("embedded", "Base model: local path, hub name or 'embedded'.")
     epochs: float = option(1.0, "Training epochs (a fraction trains part of one).", min=0, max=1000)
-    lr: float = option(1e-5, "Peak learning rate.", min=0, max=1)
+    lr: float = option(1e-5, "Peak learning rate.", gt=0, max=1)
     batch_size: int = option(4, "Rows per device per step.", min=1, max=65536)
     grad_accum: int = option(1, "Gradient accumulation steps.", min=1, max=65536)
     max_length: int = option(1024, "Tokens per sequence.", min=16, max=1_048_576)
@@ -103,7 +103,7 @@ class DPOOptions(TrainOptions):
 
     kind: ClassVar[str] = "dpo"
 
-    beta: float = option(0.1, "DPO temperature.", min=1e-4, max=100)
+    beta: float = option(0.1, "DPO temperature.", gt=0, max=100)
     nll_weight: float = option(0.2, "Weight of the chosen NLL term.", min=0, max=100)
     keep_marginal: bool = option(False, "Also train on 'marginally_better' rows.")
 
