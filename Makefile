@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/synth stats runs/demo
 	$(BIN)/synth export runs/demo --to runs/demo/dataset
 
-# the other generators and a whole training round, on the embedded model (minutes each on 2 cores)
+# the code recipe and a whole training round, on the embedded model (minutes each on 2 cores)
 demo-code: $(STAMP)
 	$(BIN)/synth run code --out runs/code --k 2 --problems-per-snippet 1 --max-tokens 256 --repair-rounds 1
 	$(BIN)/synth stats runs/code

@@ -1,4 +1,4 @@
-"""The `synth` command line: run generators, inspect runs, export, sandbox, train."""
+"""The `synth` command line: run recipes, inspect runs, export, sandbox, train."""
 
 from __future__ import annotations
 
@@ -105,21 +105,21 @@ def stats(
     plot: Annotated[Path | None, typer.Option(help="Also write a PNG of the funnel and scores.")] = None,
 ) -> None:
     """The funnel (rows in and out per stage, with reasons) and score distributions."""
-    from synth.stats import histogram, plot_scores, score_values, summarize
+    from synth.stats import histogram, plot_scores, score_tables, summarize
     from synth.store import Store
 
     try:
         store = Store(run_dir, read_only=True)
     except FileNotFoundError as e:
         _fail(str(e))
-    values = score_values(store)  # every row of every stage: read once
-    summary = summarize(store, values)
+    scores = score_tables(store)  # aggregate queries: no row is loaded
+    summary = summarize(store, scores)
     if as_json:
         print(json.dumps(summary, indent=2, default=str))
     else:
         _print_funnel(store, summary)
         out = Console()
-        for name, vs in sorted(values.items()):
+        for name in sorted(scores):
             s = summary["score_stats"][name]
             t = Table(
                 title=f"score '{name}': n={s['n']} min={s['min']:g} median={s['median']:g} "
@@ -128,7 +128,7 @@ def stats(
             t.add_column("bin")
             t.add_column("count", justify="right")
             t.add_column("")
-            for label, count, bar in histogram(vs):
+            for label, count, bar in histogram(scores[name]["bins"]):
                 t.add_row(label, str(count), bar)
             out.print(t)
         if summary["quarantine"]:
@@ -143,7 +143,7 @@ def stats(
             f"engine cache entries: {summary['engine_cache_entries']}"
         )
     if plot:
-        plot_scores(store, str(plot), values)
+        plot_scores(store, str(plot), scores)
         console.print(f"wrote {plot}")
     store.close()
 

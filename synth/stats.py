@@ -8,7 +8,6 @@ streamed, never loaded.
 from __future__ import annotations
 
 import json
-import statistics
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -37,18 +36,44 @@ def output_records(store: Store) -> tuple[list[Record], list[Record]]:
     return list(iter_outputs(store, "sft")), list(iter_outputs(store, "preference"))
 
 
-def score_values(store: Store) -> dict[str, list[float]]:
-    """Every score written by any stage, for distributions and plots (last write per row wins)."""
-    rows = store.query(
-        "SELECT name, v FROM (SELECT r.key, j.key AS name, TRY_CAST(j.value AS DOUBLE) AS v, "
-        "s.position, r.seq FROM records r JOIN stages s USING (stage), json_each(r.data, '$.scores') j) "
-        "WHERE v IS NOT NULL "
-        "QUALIFY row_number() OVER (PARTITION BY key, name ORDER BY position DESC, seq DESC) = 1 "
-        "ORDER BY name, key"
+_LATEST_SCORES = (
+    "SELECT name, v FROM (SELECT r.key, j.key AS name, TRY_CAST(j.value AS DOUBLE) AS v, "
+    "s.position, r.seq FROM records r JOIN stages s USING (stage), json_each(r.data, '$.scores') j) "
+    "WHERE v IS NOT NULL AND isfinite(v) "
+    "QUALIFY row_number() OVER (PARTITION BY key, name ORDER BY position DESC, seq DESC) = 1"
+)
+
+
+def score_tables(store: Store, bins: int = 10) -> dict[str, dict[str, Any]]:
+    """Per score name (the last score each row got, over all stages): its statistics and a histogram
+    of ``bins`` equal-width bins, both computed by DuckDB (no row is loaded into Python)."""
+    with_scores = f"WITH _scores AS ({_LATEST_SCORES}) "
+    stats = store.query(
+        with_scores
+        + "SELECT name, count(*), min(v), median(v), avg(v), max(v) FROM _scores GROUP BY name ORDER BY name"
     )
-    out: dict[str, list[float]] = {}
-    for name, v in rows:
-        out.setdefault(name, []).append(v)
+    out: dict[str, dict[str, Any]] = {}
+    for name, n, lo, med, mean, hi in stats:
+        out[name] = {
+            "stats": {"n": n, "min": lo, "median": med, "mean": round(mean, 4), "max": hi},
+            "bins": [(lo, hi, n)] if hi == lo else [],
+        }
+    rows = store.query(
+        with_scores
+        + "SELECT s.name, least(floor((s.v - m.lo) / (m.hi - m.lo) * ?)::INTEGER, ? - 1) AS b, count(*) "
+        "FROM _scores s JOIN (SELECT name, min(v) AS lo, max(v) AS hi FROM _scores GROUP BY name) m "
+        "USING (name) WHERE m.hi > m.lo GROUP BY ALL ORDER BY ALL",
+        [bins, bins],
+    )
+    counts: dict[str, dict[int, int]] = {}
+    for name, b, n in rows:
+        counts.setdefault(name, {})[b] = n
+    for name, per_bin in counts.items():
+        st = out[name]["stats"]
+        step = (st["max"] - st["min"]) / bins
+        out[name]["bins"] = [
+            (st["min"] + i * step, st["min"] + (i + 1) * step, per_bin.get(i, 0)) for i in range(bins)
+        ]
     return out
 
 
@@ -82,8 +107,8 @@ def _provenance_facts(store: Store) -> tuple[list[str], list[str], dict[str, str
     )
 
 
-def summarize(store: Store, values: dict[str, list[float]] | None = None) -> dict[str, Any]:
-    """Everything a data card or `synth stats` shows about a run (``values``: score_values(store),
+def summarize(store: Store, scores: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Everything a data card or `synth stats` shows about a run (``scores``: score_tables(store),
     when the caller has them already)."""
     config = store.get_meta("config", {})
     funnel = store.funnel()
@@ -102,7 +127,7 @@ def summarize(store: Store, values: dict[str, list[float]] | None = None) -> dic
             },
         )
     models, engines, templates, sampling = _provenance_facts(store)
-    values = score_values(store) if values is None else values
+    scores = score_tables(store) if scores is None else scores
     counts = {kind: sum(store.count(s, kept=True) for s in output_stages(store, kind)) for kind in KINDS}
     return {
         "name": store.run_dir.name,
@@ -115,7 +140,7 @@ def summarize(store: Store, values: dict[str, list[float]] | None = None) -> dic
         "sampling": sampling,
         "seed": config.get("seed"),
         "round": config.get("round", 0),
-        "score_stats": {n: score_stats_from_values(v) for n, v in sorted(values.items()) if v},
+        "score_stats": {name: table["stats"] for name, table in scores.items()},
         "quarantined": len(quarantined),
         "quarantine": quarantined,
         "rows": counts,
@@ -123,41 +148,23 @@ def summarize(store: Store, values: dict[str, list[float]] | None = None) -> dic
     }
 
 
-def score_stats_from_values(vs: list[float]) -> dict[str, float]:
-    return {
-        "n": len(vs),
-        "min": min(vs),
-        "median": statistics.median(vs),
-        "mean": round(statistics.fmean(vs), 4),
-        "max": max(vs),
-    }
+def histogram(bins: list[tuple[float, float, int]], width: int = 30) -> list[tuple[str, int, str]]:
+    """Text histogram rows (label, count, bar) for a terminal, from ``score_tables`` bins."""
+    top = max((n for _, _, n in bins), default=0) or 1
+    if len(bins) == 1 and bins[0][0] == bins[0][1]:
+        return [(f"{bins[0][0]:g}", bins[0][2], "#" * width)]
+    return [(f"{lo:6.2f}-{hi:6.2f}", n, "#" * round(width * n / top)) for lo, hi, n in bins]
 
 
-def histogram(values: list[float], bins: int = 10, width: int = 30) -> list[tuple[str, int, str]]:
-    """Text histogram rows (label, count, bar) for a terminal."""
-    lo, hi = min(values), max(values)
-    if hi == lo:
-        return [(f"{lo:g}", len(values), "#" * width)]
-    step = (hi - lo) / bins
-    counts = [0] * bins
-    for v in values:
-        counts[min(int((v - lo) / step), bins - 1)] += 1
-    top = max(counts)
-    return [
-        (f"{lo + i * step:6.2f}-{lo + (i + 1) * step:6.2f}", c, "#" * round(width * c / top))
-        for i, c in enumerate(counts)
-    ]
-
-
-def plot_scores(store: Store, path: str, values: dict[str, list[float]] | None = None) -> None:
+def plot_scores(store: Store, path: str, scores: dict[str, dict[str, Any]] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    values = score_values(store) if values is None else values
+    scores = score_tables(store) if scores is None else scores
     funnel = store.funnel()
-    n = len(values) + 1
+    n = len(scores) + 1
     fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.6))
     axes = [axes] if n == 1 else list(axes)
     names = [f["stage"] for f in funnel]
@@ -171,8 +178,12 @@ def plot_scores(store: Store, path: str, values: dict[str, list[float]] | None =
     )
     axes[0].set_title("funnel")
     axes[0].legend()
-    for ax, (name, vs) in zip(axes[1:], sorted(values.items()), strict=True):
-        ax.hist(vs, bins=10, color="tab:blue")
+    for ax, (name, table) in zip(axes[1:], sorted(scores.items()), strict=True):
+        bins = table["bins"]
+        widths = [hi - lo or 0.1 for lo, hi, _ in bins]
+        ax.bar(
+            [lo for lo, _, _ in bins], [n for _, _, n in bins], width=widths, align="edge", color="tab:blue"
+        )
         ax.set_title(f"score: {name}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

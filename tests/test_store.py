@@ -203,3 +203,18 @@ def test_a_stage_that_fails_mid_stream_leaves_the_store_closed_and_readable(tmp_
     store = Store(tmp_path, read_only=True)  # another configuration opens: no connection left behind
     assert store.count("in") == 50
     store.close()
+
+
+def test_score_tables_are_aggregates_of_each_rows_last_score(tmp_path):
+    from synth.stats import histogram, score_tables
+
+    store = Store(tmp_path)
+    store.begin_stage("a", 5)
+    store.begin_stage("b", 5)
+    rows = [prompt(i).model_copy(update={"scores": {"judge": float(i)}}) for i in range(5)]
+    store.commit_batch("a", "x", rows)
+    store.commit_batch("b", "y", [rows[4].model_copy(update={"scores": {"judge": 9.0, "rm": 0.5}})])
+    tables = score_tables(store, bins=3)
+    assert tables["judge"]["stats"] == {"n": 5, "min": 0.0, "median": 2.0, "mean": 3.0, "max": 9.0}
+    assert [n for _, _, n in tables["judge"]["bins"]] == [3, 1, 1]  # 0,1,2 | 3 | 9 (p4's last score)
+    assert tables["rm"]["bins"] == [(0.5, 0.5, 1)] and histogram(tables["rm"]["bins"])[0][1] == 1
