@@ -99,7 +99,8 @@ class CachedEngine:
         return self._inner  # type: ignore[return-value]
 
     def generate(self, requests: list[Request], sampling: SamplingParams) -> list[list[Completion]]:
-        keys = [cache_key(self.model, r, sampling) for r in requests]
+        params = sampling.to_dict()  # once per call, not once per request
+        keys = [cache_key(self.model, r, params) for r in requests]
         found = self.store.cache_get(keys)
         todo = [i for i, k in enumerate(keys) if k not in found]
         # one request may appear twice in a batch: generate it once

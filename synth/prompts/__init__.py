@@ -32,6 +32,8 @@ class Prompt:
 
     def messages(self, **variables: Any) -> list[dict[str, str]]:
         def render(text: str) -> str:
+            if "{" not in text:  # no template syntax (a system prompt, a few-shot turn): as written
+                return text.strip()
             return _compiled(text).render(**variables).strip()
 
         msgs = [{"role": "system", "content": render(self.system)}] if self.system else []
