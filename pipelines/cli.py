@@ -98,6 +98,33 @@ def _run_recipe(name: str, cfg) -> None:
     run.close()
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    help="Rejection sampling: K samples per prompt from the policy, the reward model's best kept (the "
+    "rejection-sampling recipe, with --policy for --model). `synth sample --help` lists its options.",
+)
+def sample(ctx: typer.Context) -> None:
+    # the recipe's generated command, built only when `synth sample` runs: `synth --help` stays fast
+    _sample_command().main(args=ctx.args, prog_name="synth sample", standalone_mode=False)
+
+
+def _sample_command() -> click.Command:
+    from dataclasses import dataclass
+
+    from synth.config import command, option
+    from synth.recipe import get_recipe
+    from synth.recipes.rejection_sampling import NAME, SampleConfig
+
+    @dataclass(kw_only=True)
+    class SampleOptions(SampleConfig):
+        model: str | None = option(
+            None, "The policy that samples: model path, hub id or served name; default: the embedded model.",
+            flag="--policy",
+        )  # fmt: skip
+
+    return command(SampleOptions, "sample", lambda cfg: _run_recipe(NAME, cfg), get_recipe(NAME).doc)
+
+
 @app.command()
 def stats(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
@@ -235,10 +262,9 @@ def _mount_subcommands() -> None:
     from sandboxes.cli import app as sandbox_app
 
     app.add_typer(sandbox_app, name="sandbox", help="Run untrusted code in an isolated sandbox.")
-    from train.tools_cli import average, sample
+    from train.tools_cli import average
 
     app.command(help=average.__doc__)(average)
-    app.command(help=sample.__doc__)(sample)
 
 
 _mount_subcommands()

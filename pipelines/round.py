@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
+from synth.prompt_sources import is_run_dir
 from synth.records import Record
 from synth.stats import iter_outputs, summarize
 from synth.store import Store
@@ -184,13 +185,13 @@ class _Steps:
 def _round_records(here: Path, kind: str, rnd: int) -> Iterator[Record]:
     """This round's recipe output rows of one kind, ids prefixed so rounds never collide (streamed)."""
     gen = here / "gen"
-    runs = sorted(p for p in gen.iterdir() if (p / "synth.duckdb").exists()) if gen.exists() else []
+    runs = sorted(p for p in gen.iterdir() if is_run_dir(p)) if gen.exists() else []
     for run in runs:
         yield from _records_of(run, kind, f"r{rnd}-{run.name}")
 
 
 def _records_of(run_dir: Path, kind: str, prefix: str) -> Iterator[Record]:
-    if not (run_dir / "synth.duckdb").exists():
+    if not is_run_dir(run_dir):
         return
     store = Store(run_dir, read_only=True)
     try:

@@ -74,9 +74,6 @@ class Config:
                 shown = _range(gt, hi, open_low=True) if gt is not None else _range(lo, hi)
                 raise ConfigError(f"{f.name} must be in {shown}, got {value}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 def _range(lo: float | None, hi: float | None, open_low: bool = False) -> str:
     left = f"({lo}" if open_low else f"[{lo}"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,7 +53,9 @@ class Rows:
     latest: bool = False
 
     def __add__(self, other: Rows) -> Rows:
-        return Rows(self.stages + other.stages, self.kept if self.kept == other.kept else None, self.latest)
+        if self.kept != other.kept or self.latest != other.latest:
+            raise ValueError(f"cannot join {self} and {other}: one filter applies to the union")
+        return Rows(self.stages + other.stages, self.kept, self.latest)
 
     @property
     def all(self) -> Rows:
@@ -182,9 +184,7 @@ class Run:
         return self.store.iter_records(source.stages, source.kept, latest=source.latest)
 
     def count(self, source: Rows) -> int:
-        if source.latest:
-            return sum(1 for _ in self.store.iter_rows(source.stages, source.kept, latest=True))
-        return self.store.count(source.stages, source.kept)
+        return self.store.count(source.stages, source.kept, source.latest)
 
     # -- stages --------------------------------------------------------------------------------
     def source(self, name: str, items: Iterable[Record], batch_size: int = 1000) -> Rows:
@@ -313,7 +313,3 @@ class _progress:
 
     def __exit__(self, *exc) -> None:
         self.bar.stop()
-
-
-def kept(records: Sequence[Record]) -> list[Record]:
-    return [r for r in records if r.kept]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -48,6 +49,11 @@ class RecipeConfig(Config):
     engine_kwargs: dict[str, Any] = option(
         default_factory=dict, help="Engine options (YAML mapping), e.g. {batch_size: 16, dtype: bfloat16}."
     )
+
+    def check(self) -> None:
+        """What must hold before the run directory opens (a model folder, an isolating sandbox):
+        raise with a one-line message. A failed check leaves no run behind to refuse a corrected
+        command."""
 
     def sampling(self, **overrides: Any) -> SamplingParams:
         params = dict(n=self.k, temperature=self.temperature, top_p=self.top_p,
@@ -89,8 +95,8 @@ def recipe(name: str, config: type[RecipeConfig]) -> Callable[[Callable[[Run, An
     """Register a recipe function under ``name`` with its config class."""
 
     def register(fn: Callable[[Run, Any], Outputs]) -> Callable:
-        doc = (fn.__module__ and importlib.import_module(fn.__module__).__doc__) or fn.__doc__ or ""
-        summary = (fn.__doc__ or doc).strip().splitlines()[0] if (fn.__doc__ or doc).strip() else name
+        doc = sys.modules[fn.__module__].__doc__ or ""
+        summary = (fn.__doc__ or doc or name).strip().splitlines()[0]
         RECIPES[name] = Recipe(name, config, fn, summary, doc)
         return fn
 
@@ -135,6 +141,7 @@ def run_recipe(name: str, cfg: RecipeConfig, engine: Engine | None = None) -> Ru
     spec = get_recipe(name)
     if not isinstance(cfg, spec.config):
         raise TypeError(f"recipe {name!r} takes a {spec.config.__name__}, got {type(cfg).__name__}")
+    cfg.check()
     run = open_run(cfg, name, engine)
     try:
         outputs = spec.fn(run, cfg)

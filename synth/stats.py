@@ -31,11 +31,6 @@ def iter_outputs(store: Store, kind: str) -> Iterator[Record]:
         yield from store.iter_records(stages, kept=True)
 
 
-def output_records(store: Store) -> tuple[list[Record], list[Record]]:
-    """The run's final (sft, preference) rows as lists (small runs and tests; exports stream)."""
-    return list(iter_outputs(store, "sft")), list(iter_outputs(store, "preference"))
-
-
 _LATEST_SCORES = (
     "SELECT name, v FROM (SELECT r.key, j.key AS name, TRY_CAST(j.value AS DOUBLE) AS v, "
     "s.position, r.seq FROM records r JOIN stages s USING (stage), json_each(r.data, '$.scores') j) "

@@ -165,6 +165,27 @@ class Store:
             ).fetchone()[0]
         return self._seq[stage]
 
+    def _selection(
+        self, stages: str | Sequence[str], kept: bool | None, latest: bool
+    ) -> tuple[str, list[Any]]:
+        """The rows of ``stages`` (kept, rejected or both) as a subquery with columns key, kind, grp,
+        data, s (the stage's position in ``stages``) and seq; ``latest``: one row per key, its last
+        appearance over ``stages`` (a candidate that went round a repair loop)."""
+        stages = [stages] if isinstance(stages, str) else list(stages)
+        rank = " ".join(f"WHEN ? THEN {i}" for i in range(len(stages)))
+        sql = (
+            f"SELECT key, kind, {self._grp} AS grp, data, kept, seq, CASE stage {rank} END AS s FROM records "
+            f"WHERE stage IN (SELECT unnest(?))"
+        )
+        args: list[Any] = [*stages, stages]
+        if latest:
+            sql = f"SELECT * FROM ({sql}) QUALIFY row_number() OVER (PARTITION BY key ORDER BY s DESC) = 1"
+        sql = f"SELECT * FROM ({sql})"
+        if kept is not None:
+            sql += " WHERE kept = ?"
+            args.append(kept)
+        return sql, args
+
     def iter_rows(
         self,
         stages: str | Sequence[str],
@@ -177,29 +198,16 @@ class Store:
         """Stream (key, kind, grp, data) of the rows of ``stages`` without loading them all.
 
         ``order``: "run" (stage by stage in the given order, then as written) or "group" (by group
-        key, then as written: every group's rows arrive together). ``latest``: one row per key, its
-        last appearance over ``stages`` (a candidate that went round a repair loop). A separate
-        cursor streams, so the caller may commit other stages while it reads.
+        key, then as written: every group's rows arrive together). A separate cursor streams, so the
+        caller may commit other stages while it reads.
         """
-        stages = [stages] if isinstance(stages, str) else list(stages)
-        rank = " ".join(f"WHEN ? THEN {i}" for i in range(len(stages)))
-        base = (
-            f"SELECT key, kind, {self._grp} AS grp, data, kept, seq, CASE stage {rank} END AS s FROM records "
-            f"WHERE stage IN (SELECT unnest(?))"
-        )
-        args: list[Any] = [*stages, stages]
-        if latest:
-            base = f"SELECT * FROM ({base}) QUALIFY row_number() OVER (PARTITION BY key ORDER BY s DESC) = 1"
-        sql = f"SELECT key, kind, grp, data FROM ({base})"
-        if kept is not None:
-            sql += " WHERE kept = ?"
-            args.append(kept)
-        sql += " ORDER BY grp, s, seq" if order == "group" else " ORDER BY s, seq"
+        rows, args = self._selection(stages, kept, latest)
+        order_by = "grp, s, seq" if order == "group" else "s, seq"
         cur = self.db.cursor()
         self._cursors.add(cur)
         try:
-            reader = cur.sql(sql, params=args).to_arrow_reader(chunk)
-            for rb in reader:
+            sql = f"SELECT key, kind, grp, data FROM ({rows}) ORDER BY {order_by}"
+            for rb in cur.sql(sql, params=args).to_arrow_reader(chunk):
                 cols = rb.to_pydict()
                 yield from zip(cols["key"], cols["kind"], cols["grp"], cols["data"], strict=True)
         finally:
@@ -211,27 +219,30 @@ class Store:
         for _key, kind, _grp, data in self.iter_rows(stages, kept, **kw):
             yield record_from_json(data, kind)
 
-    def count(self, stages: str | Sequence[str], kept: bool | None = None) -> int:
-        stages = [stages] if isinstance(stages, str) else list(stages)
-        sql = "SELECT count(*) FROM records WHERE stage IN (SELECT unnest(?))"
-        args: list[Any] = [stages]
-        if kept is not None:
-            sql += " AND kept = ?"
-            args.append(kept)
-        return self.db.execute(sql, args).fetchone()[0]
+    def records(self, stage: str, kept: bool | None = None) -> list[Record]:
+        """A stage's rows as a list (small stages and tests; stages stream with ``iter_records``)."""
+        return list(self.iter_records(stage, kept))
+
+    def count(self, stages: str | Sequence[str], kept: bool | None = None, latest: bool = False) -> int:
+        rows, args = self._selection(stages, kept, latest)
+        return self.db.execute(f"SELECT count(*) FROM ({rows})", args).fetchone()[0]
+
+    def quantile(
+        self, stages: str | Sequence[str], kept: bool | None, score: str, q: float, latest: bool = False
+    ) -> float | None:
+        """The ``q`` quantile (linear, as numpy's default) of ``scores[score]`` over the rows; None
+        when no row has that score."""
+        rows, args = self._selection(stages, kept, latest)
+        value = self.db.execute(
+            "SELECT quantile_cont(v, ?) FROM (SELECT TRY_CAST(json_extract(data, ?) AS DOUBLE) AS v "
+            f"FROM ({rows})) WHERE v IS NOT NULL",
+            [q, f'$.scores."{score}"', *args],
+        ).fetchone()[0]
+        return None if value is None else float(value)
 
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
         """An aggregate over the store (e.g. a score quantile): DuckDB does the whole-stage work."""
         return self.db.execute(sql, list(args)).fetchall()
-
-    def records(self, stage: str, kept: bool | None = None) -> list[Record]:
-        sql = "SELECT data FROM records WHERE stage = ?"
-        args: list[Any] = [stage]
-        if kept is not None:
-            sql += " AND kept = ?"
-            args.append(kept)
-        rows = self.db.execute(sql.replace("SELECT data", "SELECT data, kind") + " ORDER BY seq", args)
-        return [record_from_json(d, k) for d, k in rows.fetchall()]
 
     def funnel(self) -> list[dict[str, Any]]:
         """Rows in and out per stage, in run order, with rejection reasons and counts (two aggregate

@@ -20,7 +20,7 @@ from synth.recipe import run_recipe
 from synth.recipes.code import DEFAULT_CORPUS, CodeConfig
 from synth.records import PreferenceRecord, SFTRecord
 from synth.stages.code.items import Candidate, IOCase, Translation
-from synth.stats import output_records, summarize
+from synth.stats import iter_outputs, summarize
 from synth.store import Store
 
 PROBLEM = (
@@ -138,7 +138,7 @@ def test_repair_loop_funnel_and_outputs(tmp_path, corpus):
     bt = next(r for r in run.store.records("bt_judge") if r.id == "bt-primes")
     assert bt.messages[0].content.startswith("Document this code:\n```python\n") and bt.response == DOC
 
-    sft, pref = output_records(run.store)
+    sft, pref = list(iter_outputs(run.store, "sft")), list(iter_outputs(run.store, "preference"))
     assert len(sft) == 2 + 2 + 3 and len(pref) == 2
     assert {r.provenance.template for r in sft} == {"code/solve", "code/translate", "code/document"}
     assert all(isinstance(r, SFTRecord) for r in sft)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from pipelines.cli import main
 from synth.config import build, load_yaml, parse_sets
@@ -182,3 +183,39 @@ def test_errors_of_typer_and_click_commands_both_exit_2(tmp_path, capsys):
     bad.write_text('{"prompt": "ok"}\n{"prompt": 3}\n')
     assert main(["run", "general", "--seeds", str(bad), "--out", str(tmp_path / "r")]) == 2
     assert f"{bad}:2: field 'messages.0.content'" in capsys.readouterr().err
+
+
+def test_a_failed_check_leaves_no_run_to_refuse_the_corrected_command(tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n')
+    args = ["run", "rejection-sampling", "--prompts", str(prompts), "--out", str(tmp_path / "r")]
+    assert main([*args, "--reward-model", str(tmp_path / "no-rm")]) == 2
+    assert "reward model not found" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_the_worked_example_on_the_embedded_model(tmp_path, hf_engine):
+    """evol end to end on the real 135M model: its yield is whatever it is; the mechanics must hold."""
+    from synth.recipes.evol import EvolConfig
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(
+        '{"id": "a", "prompt": "Name a fruit that is yellow."}\n{"id": "b", "prompt": "What is 3 + 4?"}\n'
+    )
+    cfg = EvolConfig(seeds=str(seeds), out=str(tmp_path / "r"), k=2, max_tokens=32, judge_max_tokens=16)
+    run = run_recipe("evol", cfg, hf_engine)
+    funnel = {f["stage"]: f for f in run.store.funnel()}
+    assert [f for f in funnel] == ["seeds", "evolve", "rate", "answer"]
+    assert funnel["evolve"]["kept"] + funnel["evolve"]["rejected"] == 4
+    assert funnel["rate"]["rows_in"] == funnel["evolve"]["kept"]
+    assert funnel["answer"]["rows_in"] == funnel["rate"]["kept"] == funnel["answer"]["kept"]
+    for r in run.store.iter_records("evolve"):
+        assert r.provenance.model == "SmolLM2-135M-Instruct" and r.provenance.template == "evol/deepen"
+        if r.kept:
+            assert len(r.prompt[-1].content.split()) >= 3 and r.meta["evolved_from"] in ("a", "b")
+        else:
+            assert isinstance(r, Unparsed) and r.verdicts[-1].reason in ("no_rewrite", "unchanged")
+    for r in run.store.iter_records("rate"):
+        assert 1.0 <= r.scores["evolution"] <= 10.0  # the hf engine scores from token probabilities
+    run.close()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Literal
 
+import click.testing
 import pytest
-import typer
 from conftest import ScriptedEngine
 from test_reward_scorer import save_keyword_reward_model
 from typer.testing import CliRunner
@@ -26,7 +26,6 @@ from synth.records import Item, Message, Provenance, SFTRecord, register_kind
 from synth.stages.reward import RewardModel
 from synth.store import Store
 from train.tiny import embedded_tokenizer, save_tiny_causal_lm
-from train.tools_cli import sample
 
 PROMPTS = {"p1": "Tell me about tea.", "p2": "Describe the rain in spring.", "p3": "Name a tree."}
 ROUND_1 = {  # per prompt, the K = 4 samples; "" is an empty completion
@@ -271,11 +270,10 @@ def test_resume_after_interruption_redoes_no_finished_batch(prompts_file, rm_dir
         r.close()
 
 
-def cli_app() -> typer.Typer:
-    app = typer.Typer()
-    app.command()(sample)
-    app.command("noop")(lambda: None)  # two commands: typer keeps the sub-command name
-    return app
+def cli_app():
+    from pipelines.cli import cli
+
+    return cli
 
 
 def test_cli_on_a_tiny_policy(prompts_file, rm_dir, tok, tmp_path):
@@ -284,7 +282,7 @@ def test_cli_on_a_tiny_policy(prompts_file, rm_dir, tok, tmp_path):
     args = ["sample", "--prompts", str(prompts_file), "--policy", str(policy),
             "--reward-model", str(rm_dir), "--out", str(out), "--k", "2", "--max-tokens", "4",
             "--top-fraction", "0.5", "--seed", "1"]  # fmt: skip
-    result = CliRunner().invoke(cli_app(), args)
+    result = click.testing.CliRunner().invoke(cli_app(), args)
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     store = Store(out, read_only=True)
     config = store.get_meta("config")
@@ -295,7 +293,7 @@ def test_cli_on_a_tiny_policy(prompts_file, rm_dir, tok, tmp_path):
     store.close()
     export(out, tmp_path / "ds")
 
-    missing = CliRunner().invoke(
+    missing = click.testing.CliRunner().invoke(
         cli_app(), [*args[:6], str(tmp_path / "nope"), "--out", str(tmp_path / "r2")]
     )
     assert missing.exit_code == 2 and "reward model not found" in missing.output

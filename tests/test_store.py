@@ -132,10 +132,13 @@ def test_grouped_hands_over_whole_groups_and_latest_takes_the_last_appearance(tm
                                              for r in b if r.id in ("q0-0", "q1-2")]), src)  # fmt: skip
     last = list(run.records((src + fixed).last()))
     assert len(last) == 15 and sum(bool(r.meta.get("fixed")) for r in last) == 2
+    assert run.count((src + fixed).last()) == 15 and run.count(src + fixed) == 17
+    with pytest.raises(ValueError, match="one filter applies to the union"):
+        src + fixed.all  # kept rows of one stage and every row of another: no single filter
 
 
 def test_commits_go_in_as_one_arrow_insert_and_read_back_typed(tmp_path):
-    from synth.records import PreferenceRecord, Unparsed
+    from synth.records import Unparsed
 
     store = Store(tmp_path)
     rows = [prompt(i) for i in range(500)]
@@ -148,7 +151,6 @@ def test_commits_go_in_as_one_arrow_insert_and_read_back_typed(tmp_path):
     assert store.count("s", kept=False) == 1 and store.funnel()[0]["reasons"] == {"no_problem": 1}
     store.commit_batch("s", "b2", [prompt(1000)])  # seq continues after the first batch
     assert [r.id for r in store.records("s")][-1] == "p1000"
-    assert PreferenceRecord  # imported kinds are registered
 
 
 def test_general_pipeline_quarantines_bad_seeds_and_shows_them(tmp_path, scripted_engine):

@@ -79,6 +79,13 @@ class CodeConfig(RecipeConfig):
     )
     judge_max_tokens: int = option(32, "Max tokens of the faithfulness judge's reply.", min=1)
 
+    def sandbox(self) -> Sandbox:
+        limits = Limits(timeout_s=self.timeout_s, memory_mb=self.memory_mb)
+        return Sandbox(backend=self.backend, unsafe_no_isolation=self.unsafe_no_isolation, limits=limits)
+
+    def check(self) -> None:
+        self.sandbox().check()  # no isolation here: stop before any work, not with every program failing
+
     def __post_init__(self) -> None:
         super().__post_init__()
         unknown = [lang for lang in self.languages if lang not in LANGUAGES]
@@ -91,9 +98,7 @@ class CodeConfig(RecipeConfig):
 @recipe("code", CodeConfig)
 def code(run: Run, cfg: CodeConfig) -> Outputs:
     """Snippets -> problems -> K solutions -> tests -> sandbox -> repair; + translation, backtranslation."""
-    limits = Limits(timeout_s=cfg.timeout_s, memory_mb=cfg.memory_mb)
-    sandbox = Sandbox(backend=cfg.backend, unsafe_no_isolation=cfg.unsafe_no_isolation, limits=limits)
-    sandbox.check()  # no isolation here: stop before any work, not with every program failing
+    sandbox = cfg.sandbox()  # checked before the run opened (CodeConfig.check)
     llm = dict(engine=run.engine, round=cfg.round)
     one = cfg.sampling(n=1)
     bs = cfg.batch_size

@@ -78,6 +78,10 @@ class SampleConfig(RecipeConfig):
     rm_batch_size: int = option(8, "Sequences per reward-model forward pass.", min=1)
     rm_max_length: int = option(1024, "Tokens per scored sequence (as in reward-model training).", min=2)
 
+    def check(self) -> None:
+        if _REWARD_MODEL.get() is None:  # a reward model handed in needs no folder
+            check_reward_model(self.reward_model)
+
 
 @dataclass(kw_only=True)
 class Sample(Respond):
@@ -170,7 +174,6 @@ def rejection_sampling(run: Run, cfg: SampleConfig) -> Outputs:
     [-> top fraction]; + best-vs-worst pairs."""
     rm: Scores | Callable[[], Scores] | None = _REWARD_MODEL.get()
     if rm is None:  # the configured one, loaded with the first batch that needs a score
-        check_reward_model(cfg.reward_model)
         rm = partial(RewardModel, cfg.reward_model, batch_size=cfg.rm_batch_size,
                      max_length=cfg.rm_max_length)  # fmt: skip
     previous = load_previous(cfg.keep_best_across_rounds) if cfg.keep_best_across_rounds else None
@@ -212,8 +215,6 @@ def rejection_sampling(run: Run, cfg: SampleConfig) -> Outputs:
 def run_sample(cfg: SampleConfig, engine: Engine | None = None, reward_model: Scores | None = None) -> Run:
     """Run (or resume) rejection sampling into ``cfg.out``; ``engine`` / ``reward_model`` replace the
     ones the config names (tests, or a caller that holds them already)."""
-    if reward_model is None:
-        check_reward_model(cfg.reward_model)  # before the run directory is made
     token = _REWARD_MODEL.set(reward_model)
     try:
         return run_recipe(NAME, cfg, engine=engine)

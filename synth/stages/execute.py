@@ -55,26 +55,30 @@ class ExecuteStage:
         """The rejection reason for a finished job (None: it passed)."""
         raise NotImplementedError
 
-    def record(self, item: Any, result: Result | None, reason: str | None) -> Record:
-        """The row written for ``item`` (by default the item itself, verdict appended by the base)."""
+    def record(self, item: Any, result: Result | None, reason: str | None, detail: str = "") -> Record:
+        """The row written for ``item`` (by default the item itself, verdict appended by the base);
+        ``result`` is None when ``job`` rejected it, with the ``Reject``'s ``detail``."""
         return item
 
     def __call__(self, items: list[Any]) -> list[Record]:
         jobs: list[Job] = []
         runnable: list[int] = []
-        early: dict[int, str] = {}
+        early: dict[int, Reject] = {}
         for i, item in enumerate(items):
             try:
                 jobs.append(self.job(item))
                 runnable.append(i)
             except Reject as r:
-                early[i] = r.reason
+                early[i] = r
         results = dict(zip(runnable, self.sandbox.run(jobs), strict=True))
         out = []
         for i, item in enumerate(items):
-            result = results.get(i)
-            reason = early[i] if i in early else self.verdict(item, result)  # type: ignore[arg-type]
-            rec = self.record(item, result, reason)
+            if i in early:
+                reason, detail, result = early[i].reason, early[i].detail, None
+            else:
+                result, detail = results[i], ""
+                reason = self.verdict(item, result)
+            rec = self.record(item, result, reason, detail)
             if reason:
                 rec.reject(self.name, reason)
             else:

@@ -19,11 +19,13 @@ from synth.records import Provenance, Record, Unparsed
 
 
 class Reject(Exception):  # noqa: N818 - a verdict, not an error
-    """Raised by ``parse``: the reply is unusable for ``reason``."""
+    """Raised by ``parse`` (the reply is unusable) or an execution stage's ``job`` (nothing to run)
+    for ``reason``; ``detail`` says more (e.g. the feedback a repair round gets)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.detail = detail
 
 
 @dataclass(kw_only=True)

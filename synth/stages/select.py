@@ -159,15 +159,8 @@ class TopFraction:
     threshold: float = field(default=math.inf, init=False)
 
     def prepare(self, run: Any, source: Any) -> None:
-        stages = list(source.stages)
-        kept_clause = "" if source.kept is None else f" AND kept = {str(bool(source.kept)).upper()}"
-        rows = run.store.query(
-            "SELECT quantile_cont(v, ?) FROM (SELECT TRY_CAST(json_extract(data, ?) AS DOUBLE) AS v "
-            f"FROM records WHERE stage IN (SELECT unnest(?)){kept_clause}) WHERE v IS NOT NULL",
-            [1.0 - self.fraction, f'$.scores."{self.score}"', stages],
-        )
-        value = rows[0][0] if rows else None
-        self.threshold = math.inf if value is None else float(value)
+        value = run.store.quantile(source.stages, source.kept, self.score, 1.0 - self.fraction, source.latest)
+        self.threshold = math.inf if value is None else value
 
     def __call__(self, records: list[SFTRecord]) -> list[SFTRecord]:
         for r in records:

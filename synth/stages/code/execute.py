@@ -60,7 +60,6 @@ class Execute(ExecuteStage):
     name: str = ""
     round: int = 0
     _findings: dict[str, list[Finding]] = field(default_factory=dict, init=False, repr=False)
-    _feedback: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.name = self.name or f"execute_round{self.round}"
@@ -69,33 +68,30 @@ class Execute(ExecuteStage):
         with_code = [c for c in candidates if c.code]
         found = ruff_check([c.code for c in with_code])  # one ruff process for the batch
         self._findings = {c.id: f for c, f in zip(with_code, found, strict=True)}
-        self._feedback = {}
         return super().__call__(candidates)
-
-    def _fail(self, cand: Candidate, reason: str, feedback: str) -> Reject:
-        self._feedback[cand.id] = feedback
-        return Reject(reason)
 
     def job(self, cand: Candidate) -> Job:
         found = self._findings.get(cand.id, [])
         if not cand.code:
-            raise self._fail(cand, "no_code", "Your answer contained no Python code.")
+            raise Reject("no_code", "Your answer contained no Python code.")
         static = verdict(found)
         if static:
             report = "\n".join(f.render() for f in found)
-            raise self._fail(cand, static, f"ruff reported:\n{tail(report)}")
+            raise Reject(static, f"ruff reported:\n{tail(report)}")
         if not cand.tests:
-            raise self._fail(cand, "no_tests", "There were no tests (no Python code in the test reply).")
+            raise Reject("no_tests", "There were no tests (no Python code in the test reply).")
         script, reason, detail = build_test_script(cand.tests, cand.code)
         if script is None:
-            raise self._fail(cand, reason or "tests_syntax_error", detail)
+            raise Reject(reason or "tests_syntax_error", detail)
         return python_job(cand.code, script, self.sandbox.limits)
 
     def verdict(self, cand: Candidate, result: Result) -> str | None:
         return classify(result)
 
-    def record(self, cand: Candidate, result: Result | None, reason: str | None) -> Candidate:
-        feedback = describe(result) if result is not None else self._feedback[cand.id]
+    def record(
+        self, cand: Candidate, result: Result | None, reason: str | None, detail: str = ""
+    ) -> Candidate:
+        feedback = describe(result) if result is not None else detail
         lint = [f.render() for f in self._findings.get(cand.id, [])]
         if reason and lint and reason not in ("syntax_error", "lint"):  # warnings help a repair too
             feedback += "\n\nruff also reported:\n" + tail("\n".join(lint), 500)

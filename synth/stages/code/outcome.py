@@ -143,7 +143,9 @@ class PreferencePairs(ExecuteStage):
             return "rejected_passes_tests"
         return "sandbox_error" if fails_with == "sandbox_error" else None
 
-    def record(self, p: PairProposal, result: Result | None, reason: str | None) -> PreferenceRecord:
+    def record(
+        self, p: PairProposal, result: Result | None, reason: str | None, detail: str = ""
+    ) -> PreferenceRecord:
         good = p.chosen
         return PreferenceRecord(
             id=p.id,

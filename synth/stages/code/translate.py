@@ -201,7 +201,9 @@ class IOCases(ExecuteStage):
     def verdict(self, sol: SFTRecord, result: Result) -> str | None:
         return None if read_cases(result) else "no_io_cases"
 
-    def record(self, sol: SFTRecord, result: Result | None, reason: str | None) -> Translation:
+    def record(
+        self, sol: SFTRecord, result: Result | None, reason: str | None, detail: str = ""
+    ) -> Translation:
         return Translation(
             id=sol.id,
             solution_id=sol.id,
@@ -260,7 +262,9 @@ class RunTranslation(ExecuteStage):
     def verdict(self, t: Translation, result: Result) -> str | None:
         return classify_translation(result)
 
-    def record(self, t: Translation, result: Result | None, reason: str | None) -> SFTRecord:
+    def record(
+        self, t: Translation, result: Result | None, reason: str | None, detail: str = ""
+    ) -> SFTRecord:
         run = None
         if result is not None:
             run = {"status": result.status, "exit_code": result.exit_code, "stderr": tail(result.stderr, 600)}
