@@ -67,27 +67,28 @@ class TrainOptions(Config):
         return run_recipe(kind, data, model, **config)
 
 
-def _drop(keep_marginal: bool) -> tuple[str, ...]:
-    return () if keep_marginal else ("marginally_better",)
+@dataclasses.dataclass(kw_only=True)
+class _PreferenceOptions(TrainOptions):
+    """What the trainers on preference rows share: which strengths they train on."""
+
+    keep_marginal: bool = option(False, "Also train on 'marginally_better' rows.")
+
+    def recipe_config(self) -> dict[str, Any]:
+        drop = () if self.keep_marginal else ("marginally_better",)
+        return {**super().recipe_config(), "drop_strengths": drop}
 
 
 @dataclasses.dataclass(kw_only=True)
-class RMOptions(TrainOptions):
+class RMOptions(_PreferenceOptions):
     """Reward model (Bradley-Terry + margin); reports held-out accuracy per strength."""
 
     kind: ClassVar[str] = "rm"
 
     margin: bool = option(True, "Llama 2 margin by preference strength.")
     concat: bool = option(False, "Llama 3: one row per prompt with all its responses.")
-    keep_marginal: bool = option(False, "Also train on 'marginally_better' rows.")
 
     def recipe_config(self) -> dict[str, Any]:
-        return {
-            **super().recipe_config(),
-            "use_margin": self.margin,
-            "concat_responses": self.concat,
-            "drop_strengths": _drop(self.keep_marginal),
-        }
+        return {**super().recipe_config(), "use_margin": self.margin, "concat_responses": self.concat}
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -98,22 +99,16 @@ class SFTOptions(TrainOptions):
 
 
 @dataclasses.dataclass(kw_only=True)
-class DPOOptions(TrainOptions):
+class DPOOptions(_PreferenceOptions):
     """DPO with masked formatting tokens, NLL regulariser and a cached reference."""
 
     kind: ClassVar[str] = "dpo"
 
     beta: float = option(0.1, "DPO temperature.", gt=0, max=100)
     nll_weight: float = option(0.2, "Weight of the chosen NLL term.", min=0, max=100)
-    keep_marginal: bool = option(False, "Also train on 'marginally_better' rows.")
 
     def recipe_config(self) -> dict[str, Any]:
-        return {
-            **super().recipe_config(),
-            "beta": self.beta,
-            "nll_weight": self.nll_weight,
-            "drop_strengths": _drop(self.keep_marginal),
-        }
+        return {**super().recipe_config(), "beta": self.beta, "nll_weight": self.nll_weight}
 
 
 OPTIONS: dict[str, type[TrainOptions]] = {"rm": RMOptions, "sft": SFTOptions, "dpo": DPOOptions}
