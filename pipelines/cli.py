@@ -85,11 +85,12 @@ def _run_recipe(name: str, cfg) -> None:
     from synth.engines.base import EngineError
     from synth.io import InputError
     from synth.recipe import run_recipe
+    from synth.store import StoreError
 
     _quiet_libraries()
     try:
         run = run_recipe(name, cfg)
-    except (InputError, EngineError, SandboxUnavailable, FileNotFoundError, ValueError) as e:
+    except (InputError, EngineError, SandboxUnavailable, FileNotFoundError, ValueError, StoreError) as e:
         _fail(str(e))
     _print_funnel(run.store)
     outcomes = run.store.get_meta("outcomes")
@@ -131,14 +132,20 @@ def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Also write a PNG of the funnel and scores.")] = None,
 ) -> None:
-    """The funnel (rows in and out per stage, with reasons) and score distributions."""
+    """The funnel (rows in and out per stage, with reasons) and score distributions; while a run is
+    in progress, its funnel so far (the snapshot it writes after each committed batch)."""
     from synth.stats import histogram, plot_scores, score_tables, summarize
-    from synth.store import Store
+    from synth.store import RunBusy, Store
 
     try:
         store = Store(run_dir, read_only=True)
     except FileNotFoundError as e:
         _fail(str(e))
+    except RunBusy as e:  # a run writes it: DuckDB admits no reader, its progress snapshot tells
+        _print_progress(run_dir, e.pid, e.command, as_json)
+        if plot:
+            console.print(f"no plot while the run is in progress: {plot} not written")
+        return
     scores = score_tables(store)  # aggregate queries: no row is loaded
     summary = summarize(store, scores)
     if as_json:
@@ -175,11 +182,37 @@ def stats(
     store.close()
 
 
-def _print_funnel(store, summary=None) -> None:
+def _print_progress(run_dir: Path, pid: int | None, command: str, as_json: bool) -> None:
+    from synth.stats import read_progress
+
+    snap = read_progress(run_dir) or {}
+    live = snap.get("pid") == pid  # a snapshot from an earlier, stopped run is not this run's
+    funnel = snap.get("funnel", []) if live else []
+    if as_json:
+        out = {"running": True, "pid": pid, "command": command, "funnel": funnel,
+               "updated": snap.get("updated") if live else None,
+               "quarantined": snap.get("quarantined", 0) if live else 0}  # fmt: skip
+        print(json.dumps(out, indent=2))
+        return
+    import time
+
+    when = (
+        f"progress as of {time.strftime('%H:%M:%S', time.localtime(snap['updated']))}"
+        if live
+        else "no batch committed yet"
+    )
+    console.print(f"run in progress (pid {pid}: {command}); {when}", soft_wrap=True, markup=False)
+    if funnel:
+        _print_funnel(None, {"funnel": funnel}, title=f"funnel so far: {run_dir}")
+    if live and snap.get("quarantined"):
+        Console().print(f"quarantined input rows: {snap['quarantined']}")
+
+
+def _print_funnel(store, summary=None, title: str | None = None) -> None:
     from synth.stats import summarize
 
     summary = summary or summarize(store)
-    t = Table(title=f"funnel: {store.run_dir}")
+    t = Table(title=title or f"funnel: {store.run_dir}")
     for c in ("stage", "rows in", "kept", "rejected", "reasons"):
         t.add_column(c, justify="right" if c in ("rows in", "kept", "rejected") else "left")
     for f in summary["funnel"]:
@@ -192,6 +225,23 @@ def _print_funnel(store, summary=None) -> None:
             reasons,
         )
     Console().print(t)
+    if summary.get("language_funnel"):
+        _print_language_funnel(summary["language_funnel"])
+
+
+def _print_language_funnel(rows: list[dict]) -> None:
+    """Stages by language: kept / rows of that language (recipes that record each row's language)."""
+    languages = sorted({r["language"] for r in rows})
+    cells: dict[str, dict[str, str]] = {}
+    for r in rows:
+        cells.setdefault(r["stage"], {})[r["language"]] = f"{r['kept']}/{r['kept'] + r['rejected']}"
+    t = Table(title="funnel per language (kept / rows)")
+    t.add_column("stage")
+    for lang in languages:
+        t.add_column(lang, justify="right")
+    for stage, by_lang in cells.items():
+        t.add_row(stage, *(by_lang.get(lang, "") for lang in languages))
+    Console().print(t)
 
 
 @app.command()
@@ -201,16 +251,37 @@ def export(
     hub: Annotated[
         str | None, typer.Option(help="Also upload to this Hub dataset repo (token: HF_TOKEN).")
     ] = None,
-    test_fraction: float = 0.1,
-    seed: int = 0,
-    license: str = "apache-2.0",
-    private: bool = False,
+    test_fraction: Annotated[
+        float, typer.Option(help="Share of each config's rows in the test split. Range: [0, 1].")
+    ] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of the train/test split.")] = 0,
+    license: Annotated[str, typer.Option(help="License in the data card's header (a Hub license id).")] = (
+        "apache-2.0"
+    ),
+    private: Annotated[bool, typer.Option(help="With --hub: create the repo private.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="Export into a non-empty folder that is not an earlier export of this run (its README.md "
+            "and sft/, preference/ shards are replaced; other files stay)."
+        ),
+    ] = False,
 ) -> None:
-    """Write the run's SFT and preference rows as a HF dataset with a data card."""
-    from synth.export import export_dataset, push_to_hub
+    """Write the run's SFT and preference rows as a HF dataset with a data card.
+
+    --to must be a new or empty folder, or an earlier export of the same run (re-exported in place).
+    """
+    from synth.export import check_target, export_dataset, push_to_hub, run_id_of
     from synth.stats import iter_outputs, summarize
     from synth.store import Store
 
+    if not 0.0 <= test_fraction <= 1.0:  # also refuses nan
+        _fail(f"--test-fraction must be in [0, 1], got {test_fraction}")
+    run_id = run_id_of(run_dir)
+    try:
+        check_target(to, run_id, overwrite)
+    except ValueError as e:
+        _fail(f"--to {e}")
     try:
         store = Store(run_dir, read_only=True)
     except FileNotFoundError as e:
@@ -218,16 +289,18 @@ def export(
     if not store.get_meta("outputs"):
         _fail(f"{run_dir} has no finished recipe output to export")
     summary = summarize(store)
-    summary["license"] = license
     try:  # rows stream from the store into parquet shards
+        extra = {k: iter_outputs(store, k) for k in summary["rows"] if k not in ("sft", "preference")}
         path = export_dataset(iter_outputs(store, "sft"), iter_outputs(store, "preference"), to, summary,
-                              test_fraction=test_fraction, seed=seed)  # fmt: skip
-    except ValueError as e:
+                              test_fraction=test_fraction, seed=seed, license=license, run_id=run_id,
+                              overwrite=overwrite, extra=extra)  # fmt: skip
+    except (ValueError, OSError) as e:
         _fail(f"{run_dir}: cannot export: {e}")
     finally:
         store.close()
     rows = summary["rows"]
-    console.print(f"exported {rows['sft']} sft and {rows['preference']} preference rows to {path}")
+    more = "".join(f", {n} {k}" for k, n in rows.items() if k not in ("sft", "preference"))
+    console.print(f"exported {rows['sft']} sft and {rows['preference']} preference rows{more} to {path}")
     if hub:
         try:
             url = push_to_hub(path, hub, private=private)
@@ -265,6 +338,13 @@ def _mount_subcommands() -> None:
     from train.tools_cli import average
 
     app.command(help=average.__doc__)(average)
+    from pipelines.math_cli import eval_app, grade_app
+
+    app.add_typer(grade_app, name="grade", help="Grade model outputs against gold answers (math).")
+    app.add_typer(eval_app, name="eval", help="Evaluate a checkpoint on held-out data (math, factuality).")
+    from pipelines.factuality_cli import add_eval_factuality
+
+    add_eval_factuality(eval_app)
 
 
 _mount_subcommands()
@@ -297,6 +377,11 @@ def main(args: list[str] | None = None) -> int:
         console.print("aborted")
         return 1
     except Exception as e:  # typer's click copy raises its own exit/usage exceptions
+        from synth.store import StoreError
+
+        if isinstance(e, StoreError):  # a run directory busy or full, from any command: one line
+            console.print(Text.assemble(("error: ", "bold red"), str(e)), soft_wrap=True)
+            return 2
         code = getattr(e, "exit_code", None)
         if code is None:
             raise

@@ -1,11 +1,23 @@
 """`synth round`: one Llama-3-style post-training round, read top to bottom.
 
     generate (each configured recipe, with the current policy, each with its own options)
-    -> reward model on ALL preference data so far
-    -> rejection sampling: K samples per prompt from the policy, best by the RM, top quartile
-    -> SFT on the RS rows + the recipes' SFT rows, from the current policy
+    -> reward model on ALL preference data so far, from the pre-trained model (one run per variant,
+       averaged)
+    -> rejection sampling: K samples per prompt from the current policy, best by the RM, top quartile,
+       the previous rounds' best kept where the RM prefers it (Llama 2)
+    -> SFT on the RS rows + the recipes' SFT rows, from the pre-trained model (one run per variant,
+       averaged)
     -> DPO on the LATEST preference batch, from the SFT model (one run per variant)
     -> average the DPO variants -> the round's model, the next round's policy
+
+As Llama 3 (section 4.1, figure 7): every round's reward model and SFT start from the pre-trained
+checkpoint (``model``; the policy only samples), and at each of the RM, SFT and DPO stages the models
+of runs with different data or hyper-parameters (``rm_variants``, ``sft_variants``,
+``dpo_variants``: each entry overrides that stage's options) are averaged (``average_weights``: a
+list per stage, default uniform). Rejection sampling defaults to the recipe's numbers (K = 10,
+top_p = 1.0) and keeps the top quartile; the YAML's ``sample:`` changes any of them, and
+``keep_best_across_rounds: false`` stops carrying earlier rounds' best rows forward (a path there
+seeds round 1 with rows from elsewhere).
 
 Every step writes a ``.done.json`` marker when it finishes: a stopped round resumes at the first
 unfinished step (generation and sampling steps also resume inside, batch by batch).
@@ -31,23 +43,35 @@ from synth.stats import iter_outputs, summarize
 from synth.store import Store
 
 console = Console(stderr=True)
+STAGES = ("rm", "sft", "dpo")  # the trained stages, each with its variants averaged
 
 
 @dataclass
 class RoundConfig:
     out: str
     rounds: int = 1
-    model: str | None = None  # the starting policy; None: the embedded model
+    model: str | None = None  # the pre-trained model: round 1's policy, every RM and SFT's start
     engine: str = "hf"
     base_url: str | None = None
     seed: int = 0
     recipes: dict[str, dict[str, Any]] = field(default_factory=lambda: {"general": {}})
     rm: dict[str, Any] = field(default_factory=dict)  # RMConfig fields
-    sample: dict[str, Any] = field(default_factory=dict)  # k, max_tokens, temperature, top_fraction
+    # SampleConfig fields (k, max_tokens, temperature, top_fraction, ...), keep_best_across_rounds
+    sample: dict[str, Any] = field(default_factory=dict)
     sft: dict[str, Any] = field(default_factory=dict)  # SFTConfig fields
     dpo: dict[str, Any] = field(default_factory=dict)  # DPOConfig fields
-    dpo_variants: list[dict[str, Any]] = field(default_factory=lambda: [{}])  # averaged together
-    average_weights: list[float] | None = None
+    # one training run per entry (overrides of the stage's options), their models averaged
+    rm_variants: list[dict[str, Any]] = field(default_factory=lambda: [{}])
+    sft_variants: list[dict[str, Any]] = field(default_factory=lambda: [{}])
+    dpo_variants: list[dict[str, Any]] = field(default_factory=lambda: [{}])
+    # {rm: [...], sft: [...], dpo: [...]}, one weight per variant (a plain list: the DPO variants')
+    average_weights: dict[str, list[float]] | list[float] | None = None
+
+    def weights(self, stage: str) -> list[float] | None:
+        """The averaging weights of one stage's variants (None: uniform)."""
+        if isinstance(self.average_weights, dict):
+            return self.average_weights.get(stage)
+        return self.average_weights if stage == "dpo" else None
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> RoundConfig:
@@ -64,10 +88,27 @@ class RoundConfig:
         if "out" not in data:
             raise ValueError(f"{path}: 'out' (the round directory) is required")
         cfg = cls(**data)
-        if not cfg.dpo_variants:
-            raise ValueError(f"{path}: dpo_variants needs at least one entry ({{}} for the defaults)")
-        if cfg.average_weights is not None and len(cfg.average_weights) != len(cfg.dpo_variants):
-            raise ValueError(f"{path}: average_weights needs one weight per DPO variant")
+        for stage in STAGES:
+            variants = getattr(cfg, f"{stage}_variants")
+            if not isinstance(variants, list) or not variants:
+                raise ValueError(f"{path}: {stage}_variants needs at least one entry ({{}} for the defaults)")
+            if not all(isinstance(v, dict) for v in variants):
+                raise ValueError(f"{path}: each {stage}_variants entry is a mapping of {stage} options")
+        if isinstance(cfg.average_weights, dict):
+            unknown = sorted(set(cfg.average_weights) - set(STAGES))
+            if unknown:
+                raise ValueError(
+                    f"{path}: average_weights has unknown stages {unknown}; known: {list(STAGES)}"
+                )
+        for stage in STAGES:
+            weights, n = cfg.weights(stage), len(getattr(cfg, f"{stage}_variants"))
+            if weights is not None and len(weights) != n:
+                raise ValueError(
+                    f"{path}: average_weights needs one weight per {stage.upper()} variant ({n})"
+                )
+        keep = cfg.sample.get("keep_best_across_rounds", True)
+        if not (keep is None or isinstance(keep, bool | str)) or keep == "":
+            raise ValueError(f"{path}: sample.keep_best_across_rounds is true, false or a path of rows")
         from synth.recipe import recipes
 
         unknown_recipes = sorted(set(cfg.recipes) - set(recipes()))
@@ -122,9 +163,8 @@ def run_round(cfg: RoundConfig, rnd: int, policy: str | None) -> Path:
         (r for k in range(1, rnd + 1) for r in _round_records(root / f"round_{k}", "preference", k)),
         "preference", pref_all_dir,
     ))  # fmt: skip
-    rm_dir = here / "rm"
-    # initialised from the starting checkpoint every round (Llama 3), not from the last policy
-    step("train_rm", lambda: _train("rm", pref_all_dir, rm_dir, cfg.model, cfg.rm, cfg.seed))
+    # initialised from the pre-trained checkpoint every round (Llama 3), not from the last policy
+    rm_dir = _variants(step, "rm", pref_all_dir, here, cfg.model, cfg)
 
     # 3. rejection sampling with the policy, scored by the RM, best of K, top quartile
     prompts_file = here / "data" / "prompts.jsonl"
@@ -132,14 +172,13 @@ def run_round(cfg: RoundConfig, rnd: int, policy: str | None) -> Path:
     rs_dir = here / "sample"
     step("rejection_sample", lambda: _sample(prompts_file, policy, rm_dir, rs_dir, cfg, rnd))
 
-    # 4. SFT on the RS rows plus the recipes' SFT rows, from the current policy
+    # 4. SFT on the RS rows plus the recipes' SFT rows, from the pre-trained checkpoint (Llama 3)
     sft_data = here / "data" / "sft"
     step("data_sft", lambda: _export_rows(
         itertools.chain(_records_of(rs_dir, "sft", f"r{rnd}-rs"), _round_records(here, "sft", rnd)),
         "sft", sft_data,
     ))  # fmt: skip
-    sft_dir = here / "sft"
-    step("train_sft", lambda: _train("sft", sft_data, sft_dir, policy, cfg.sft, cfg.seed))
+    sft_dir = _variants(step, "sft", sft_data, here, cfg.model, cfg)
 
     # 5. DPO on the latest preference batch (this round's recipes + RS best-vs-worst)
     pref_data = here / "data" / "preference_latest"
@@ -158,9 +197,27 @@ def run_round(cfg: RoundConfig, rnd: int, policy: str | None) -> Path:
 
     # 6. average the DPO variants into the round's model
     model_dir = here / "model"
-    step("average", lambda: _average(dpo_dirs, model_dir, cfg.average_weights))
+    step("average", lambda: _average(dpo_dirs, model_dir, cfg.weights("dpo")))
     step("card", lambda: _round_card(here, rnd, policy, cfg))
     return model_dir
+
+
+def _variants(step: _Steps, kind: str, data: Path, here: Path, model: str | None, cfg: RoundConfig) -> Path:
+    """Train ``kind`` once per variant from ``model`` and average them into ``here/kind`` (one
+    variant: trained there directly, step ``train_<kind>``); returns the stage's model."""
+    out = here / kind
+    base, variants = getattr(cfg, kind), getattr(cfg, f"{kind}_variants")
+    if len(variants) == 1:
+        step(f"train_{kind}", lambda: _train(kind, data, out, model, {**base, **variants[0]}, cfg.seed))
+        return out
+    dirs = []
+    for i, variant in enumerate(variants):
+        d = here / f"{kind}_{i}"
+        dirs.append(d)
+        step(f"train_{kind}_{i}", lambda d=d, v=variant, i=i: _train(
+            kind, data, d, model, {**base, **v}, cfg.seed + i))  # fmt: skip
+    step(f"average_{kind}", lambda: _average(dirs, out, cfg.weights(kind)))
+    return out
 
 
 # -- steps ------------------------------------------------------------------------------------
@@ -233,11 +290,22 @@ def _train(kind: str, data: Path, out: Path, model: str | None, overrides: dict[
     run_recipe(kind, str(data), model, output_dir=str(out), seed=seed, **overrides)
 
 
-def _sample(prompts: Path, policy: str | None, rm_dir: Path, out: Path, cfg: RoundConfig, rnd: int) -> None:
-    from synth.recipes.rejection_sampling import SampleConfig, run_sample
+def sample_config(prompts: Path, policy: str | None, rm_dir: Path, out: Path, cfg: RoundConfig, rnd: int):
+    """Round ``rnd``'s rejection-sampling config: the recipe's own defaults (K = 10, top_p = 1.0), the
+    top quartile, and the previous round's best rows carried forward, unless ``cfg.sample`` says
+    otherwise (``keep_best_across_rounds``: true, false, or a source of rows for round 1)."""
+    from synth.recipes.rejection_sampling import SampleConfig
 
-    opts = {"k": 4, "top_fraction": 0.25, **cfg.sample}
-    sample_cfg = SampleConfig(
+    opts = {"top_fraction": 0.25, **cfg.sample}
+    keep = opts.pop("keep_best_across_rounds", True)
+    previous = Path(cfg.out) / f"round_{rnd - 1}" / "sample"
+    if keep is False or keep is None:
+        opts["keep_best_across_rounds"] = None
+    elif rnd > 1 and is_run_dir(previous):
+        opts["keep_best_across_rounds"] = str(previous)  # its best rows already carry earlier rounds'
+    else:
+        opts["keep_best_across_rounds"] = keep if isinstance(keep, str) else None
+    return SampleConfig(
         prompts=str(prompts),
         model=policy,
         reward_model=str(rm_dir),
@@ -248,30 +316,37 @@ def _sample(prompts: Path, policy: str | None, rm_dir: Path, out: Path, cfg: Rou
         round=rnd,
         **opts,
     )
-    run_sample(sample_cfg).close()
 
 
-def _average(dpo_dirs: list[Path], out: Path, weights: list[float] | None) -> None:
+def _sample(prompts: Path, policy: str | None, rm_dir: Path, out: Path, cfg: RoundConfig, rnd: int) -> None:
+    from synth.recipes.rejection_sampling import run_sample
+
+    run_sample(sample_config(prompts, policy, rm_dir, out, cfg, rnd)).close()
+
+
+def _average(dirs: list[Path], out: Path, weights: list[float] | None) -> None:
     from train.average import average_checkpoints
 
     if out.exists():
         shutil.rmtree(out)
-    if len(dpo_dirs) == 1:
-        shutil.copytree(dpo_dirs[0], out)
+    if len(dirs) == 1:
+        shutil.copytree(dirs[0], out)
     else:
-        average_checkpoints([str(d) for d in dpo_dirs], str(out), weights=weights)
+        average_checkpoints([str(d) for d in dirs], str(out), weights=weights)
 
 
 def _round_card(here: Path, rnd: int, policy: str | None, cfg: RoundConfig) -> None:
     """ROUND.md: what the round started from, what each step made, and its metrics."""
     lines = [f"# Round {rnd}", "", f"- starting policy: `{policy or 'embedded SmolLM2-135M-Instruct'}`",
+             f"- pre-trained model (RM and SFT start): `{cfg.model or 'embedded SmolLM2-135M-Instruct'}`",
              f"- model: `{here / 'model'}`", ""]  # fmt: skip
     for name in sorted((here / "gen").iterdir()) if (here / "gen").exists() else []:
         store = Store(name, read_only=True)
         s = summarize(store)
         store.close()
         lines.append(f"- recipe `{name.name}`: {s['rows']['sft']} SFT rows, {s['rows']['preference']} pairs")
-    for step in ("rm", "sft", *[f"dpo_{i}" for i in range(len(cfg.dpo_variants))]):
+    runs = [d.name for d in sorted(here.iterdir()) if d.is_dir() and d.name.split("_")[0] in STAGES]
+    for step in sorted(runs, key=lambda name: (STAGES.index(name.split("_")[0]), name)):
         metrics = here / step / "metrics.json"
         if metrics.exists():
             lines += ["", f"## {step}", "", "```json", metrics.read_text().strip(), "```"]

@@ -50,9 +50,11 @@ def run(
     limits: Limits | None = None,
     backend: str | Backend = "local",
     unsafe_no_isolation: bool = False,
+    sentinel: str | None = None,
 ) -> Result:
     """Run one program, e.g. `run({"solution.py": src, "test_solution.py": tests},
-    language="python", entry="test_solution.py", limits=Limits(timeout_s=10))`."""
+    language="python", entry="test_solution.py", limits=Limits(timeout_s=10))`; with `sentinel`
+    it passes only when it printed that token (see `Job`)."""
     job = Job(
         files=dict(files or {}),
         language=language,
@@ -60,6 +62,7 @@ def run(
         command=command,
         stdin=stdin,
         limits=limits or Limits(),
+        sentinel=sentinel,
     )
     return _resolve(backend, unsafe_no_isolation).execute(job)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import posixpath
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -36,8 +37,8 @@ class Limits:
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if value is not None and value <= 0:
-                raise ValueError(f"Limits.{name} must be positive, got {value!r}")
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"Limits.{name} must be a positive finite number, got {value!r}")
 
     @property
     def cpu_seconds(self) -> int:
@@ -58,6 +59,12 @@ class Limits:
 
 
 FileContent = str | bytes
+SENTINEL_MIN_CHARS = 16
+
+
+def new_sentinel() -> str:
+    """A fresh unguessable token for ``Job.sentinel`` (one per run)."""
+    return "synth-done-" + secrets.token_hex(16)
 
 
 def normalise_files(files: Mapping[str, FileContent] | None) -> dict[str, bytes]:
@@ -77,6 +84,11 @@ class Job:
 
     `command` runs as given (argv, relative to the work dir); with `language` the entry file is
     compiled if needed and run with that language's interpreter.
+
+    `sentinel` (from `new_sentinel()`) is proof that a program ran to its end: a test harness prints
+    it after its last assertion, so a run that exits 0 early (`sys.exit(0)` before the asserts, on
+    import, `os._exit`, `process.exit`, PHP `exit`) is `incomplete`, not passed. Hand it to the
+    program on stdin, not in a file it could read; it is removed from the result's stdout.
     """
 
     files: Mapping[str, FileContent] = field(default_factory=dict)
@@ -85,8 +97,16 @@ class Job:
     command: Sequence[str] | None = None
     stdin: FileContent = b""
     limits: Limits = field(default_factory=Limits)
+    sentinel: str | None = None
 
     def __post_init__(self) -> None:
+        if self.sentinel is not None and (
+            len(self.sentinel) < SENTINEL_MIN_CHARS or any(c.isspace() for c in self.sentinel)
+        ):
+            raise ValueError(
+                f"sentinel must be an unguessable token of {SENTINEL_MIN_CHARS}+ characters without "
+                "whitespace (use new_sentinel())"
+            )
         if (self.language is None) == (self.command is None):
             raise ValueError("give exactly one of `language` (with `entry`) or `command`")
         if self.language is not None and not self.entry:
@@ -119,6 +139,7 @@ class Result:
     compile_error: bool = False
     compile_wall_s: float | None = None
     error: str | None = None  # the sandbox itself failed; the program's verdict is unknown
+    incomplete: bool = False  # the job had a sentinel and the program never printed it
     backend: str = ""
     isolated: bool = True
     language: str | None = None
@@ -136,15 +157,29 @@ class Result:
             return "oom"
         if self.output_truncated:
             return "output_limit"
-        return "ok" if self.exit_code == 0 else "failed"
+        if self.exit_code != 0:
+            return "failed"
+        return "incomplete" if self.incomplete else "ok"
 
     @property
     def passed(self) -> bool:
-        """True when the program ran to completion and exited 0 (e.g. all asserts held)."""
+        """True when the program ran to completion and exited 0 (e.g. all asserts held); with a
+        sentinel, only when it also printed the sentinel."""
         return self.status == "ok"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "status": self.status, "passed": self.passed}
+
+
+def settle_sentinel(job: Job, result: Result) -> Result:
+    """Check and strip ``job.sentinel`` from the result's stdout (every backend's last step)."""
+    if job.sentinel is None:
+        return result
+    seen = job.sentinel in result.stdout
+    if seen:
+        result.stdout = result.stdout.replace(job.sentinel + "\n", "").replace(job.sentinel, "")
+    result.incomplete = not seen
+    return result
 
 
 class Backend(Protocol):

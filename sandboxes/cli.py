@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from sandboxes.base import Job, Limits, SandboxUnavailable
 from sandboxes.languages import LANGUAGES, get_language, language_for_file
 
 app = typer.Typer(help="Run untrusted code with isolation and resource limits.")
+MAX_TIMEOUT_S = 24 * 3600.0
+MAX_MEMORY_MB = 1024 * 1024
 
 
 @app.callback()
@@ -31,8 +34,10 @@ def run(
     lang: str | None = typer.Option(
         None, "--lang", help=f"One of {', '.join(LANGUAGES)}; inferred from the extension."
     ),
-    timeout: float = typer.Option(10.0, "--timeout", help="Wall-clock limit in seconds."),
-    memory: int = typer.Option(512, "--memory", help="Memory limit in MB."),
+    timeout: float = typer.Option(
+        10.0, "--timeout", help=f"Wall-clock limit in seconds, in (0, {MAX_TIMEOUT_S:g}]."
+    ),
+    memory: int = typer.Option(512, "--memory", help=f"Memory limit in MB, in [1, {MAX_MEMORY_MB}]."),
     backend: str = typer.Option("local", "--backend", help=" or ".join(BACKENDS)),
     stdin: Path | None = typer.Option(None, "--stdin", help="File fed to the program's stdin."),
     unsafe_no_isolation: bool = typer.Option(
@@ -41,7 +46,13 @@ def run(
         help="Run without bubblewrap (resource limits only): the program can see this machine.",
     ),
 ) -> None:
-    """Run FILE and print one JSON object; exits 0 whatever the program did."""
+    """Run FILE and print one JSON object; exits 0 whatever the program did.
+
+    A FILE whose name starts with `-` is fine after `--` or as `./-x.py`."""
+    if not (math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT_S):
+        _fail(f"--timeout must be a number of seconds in (0, {MAX_TIMEOUT_S:g}], got {timeout}")
+    if not 1 <= memory <= MAX_MEMORY_MB:
+        _fail(f"--memory must be in [1, {MAX_MEMORY_MB}] MB, got {memory}")
     try:
         language = get_language(lang) if lang else language_for_file(file.name)
         limits = Limits(timeout_s=timeout, memory_mb=memory)

@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-from sandboxes.base import Job, Limits, Result, SandboxUnavailable
+from sandboxes.base import Job, Limits, Result, SandboxUnavailable, settle_sentinel
 from sandboxes.languages import Language, get_language
 
 IMAGES = {
@@ -112,7 +112,7 @@ class DockerBackend:
         if marker in result.stderr:
             result.compile_error = True
             result.stderr = result.stderr.replace(marker + str(result.exit_code) + "\n", "")
-        return result
+        return settle_sentinel(job, result)
 
     def _ensure_image(self, image: str) -> None:
         import docker.errors

@@ -2,8 +2,9 @@
 
 Commands are templates: `{tool}` names are resolved by the backend (an absolute path under /usr
 for the local sandbox, a bare name inside a container image), `{entry}` is the entry file
-relative to the work dir, `{binary}` where a compiled program is written, `{heap_mb}` the
-memory limit for runtimes that manage their own heap.
+relative to the work dir (as `./-x.py` when it starts with `-`, so no tool reads it as an option),
+`{binary}` where a compiled program is written, `{heap_mb}` the memory limit for runtimes that manage
+their own heap.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class Language:
     def render(
         self, template: tuple[str, ...], *, tool: str, entry: str, binary: str, limits: Limits
     ) -> list[str]:
+        if entry.startswith("-"):  # `-x.py` is a file, not an option of the interpreter or compiler
+            entry = "./" + entry
         values = {"tool": tool, "entry": entry, "binary": binary, "heap_mb": limits.memory_mb}
         return [part.format(**values) for part in template]
 

@@ -17,7 +17,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from sandboxes.base import Job, Limits, Result, SandboxUnavailable
+from sandboxes.base import Job, Limits, Result, SandboxUnavailable, settle_sentinel
 from sandboxes.languages import Language, get_language
 from sandboxes.process import MB, Gate, Outcome, run_confined
 
@@ -72,6 +72,9 @@ class LocalBackend:
     # -- public -------------------------------------------------------------------------
 
     def execute(self, job: Job) -> Result:
+        return settle_sentinel(job, self._execute(job))
+
+    def _execute(self, job: Job) -> Result:
         files = job.file_bytes
         lang = get_language(job.language) if job.language else None
         if lang is None:

@@ -14,15 +14,38 @@ Two masks come out of one span:
 * ``dpo``: the content only. Llama 3 masks formatting tokens (headers, end-of-turn and any other
   special token) out of the DPO loss: they are identical in chosen and rejected, and pushing
   their probabilities apart destabilises training.
+
+Tool calls. A conversation may carry OpenAI-shaped tool calls (assistant ``tool_calls``, ``tool``
+turns with ``tool_call_id``) and the ``tools`` it may call (function schemas). A template that renders
+``tools`` itself (Qwen, Llama 3.1, Hermes, ...) gets them as they are (arguments as objects). For one
+that does not (SmolLM2's), ``tool_fallback`` rewrites the conversation into plain turns, the same way
+for generation (the tools recipe asks the engine with these turns) and for training:
+
+* the tools go into the system message (appended to the first one, or a new one): how to call them
+  and one JSON function schema per line;
+* an assistant turn's calls follow its text, one ``<tool_call>{"name": ..., "arguments": {...}}
+  </tool_call>`` block each;
+* tool results become one user turn per run of ``tool`` turns, one ``<tool_response>{"name": ...,
+  "content": ...}</tool_response>`` block each (a user turn, not a ``tool`` one: templates without tool
+  support often refuse other roles or require user/assistant alternation).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 Message = dict[str, str]
+TOOL_CALL = ("<tool_call>", "</tool_call>")
+TOOL_RESPONSE = ("<tool_response>", "</tool_response>")
+TOOLS_INSTRUCTIONS = (
+    "You can call functions to help you answer. To call one, reply with its name and JSON arguments "
+    'inside <tool_call></tool_call> tags: <tool_call>{"name": "...", "arguments": {...}}</tool_call>. '
+    "Each result comes back inside <tool_response></tool_response> tags. When you have what you need, "
+    "answer the user in plain text. The functions, one JSON schema per line:"
+)
 MaskKind = Literal["sft", "dpo"]
 
 
@@ -39,10 +62,118 @@ class Encoded:
         return Encoded(self.input_ids[:max_length], self.mask[:max_length])
 
 
-def render(tokenizer, messages: Sequence[Message], generation_prompt: bool = False) -> str:
+def render(tokenizer, messages: Sequence[Message], generation_prompt: bool = False, tools: Any = None) -> str:
+    messages, tools = tool_messages(tokenizer, messages, tools)
+    how = {"tools": tools} if tools else {}
     return tokenizer.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=generation_prompt
+        list(messages), tokenize=False, add_generation_prompt=generation_prompt, **how
     )
+
+
+# -- tool calls ---------------------------------------------------------------------------------
+def _tool_list(tools: Any) -> list[dict[str, Any]]:
+    """The tools of a row: a list of schemas, or their JSON text (the export's ``tools`` column)."""
+    if tools is None or tools == "":
+        return []
+    return list(json.loads(tools) if isinstance(tools, str) else tools)
+
+
+def has_tool_calls(messages: Sequence[dict[str, Any]], tools: Any = None) -> bool:
+    return bool(_tool_list(tools)) or any(m.get("tool_calls") or m.get("role") == "tool" for m in messages)
+
+
+def _arguments(arguments: Any) -> Any:
+    """A call's arguments as an object (OpenAI sends JSON text; templates want the object)."""
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments)
+        except ValueError:
+            return arguments
+    return arguments
+
+
+def tool_call_text(name: str, arguments: Any) -> str:
+    """One call as the fallback writes it: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``."""
+    body = json.dumps({"name": name, "arguments": _arguments(arguments)}, ensure_ascii=False)
+    return f"{TOOL_CALL[0]}{body}{TOOL_CALL[1]}"
+
+
+def tools_text(tools: Any) -> str:
+    """The system-message block that lists the tools (one JSON schema per line)."""
+    lines = [json.dumps(t, ensure_ascii=False) for t in _tool_list(tools)]
+    return "\n".join([TOOLS_INSTRUCTIONS, *lines])
+
+
+def tool_fallback(messages: Sequence[dict[str, Any]], tools: Any = None) -> list[Message]:
+    """The conversation in plain ``{role, content}`` turns, for templates without tool support (see
+    the module's docstring); a conversation without tools or calls comes back as plain turns."""
+    listed = _tool_list(tools)
+    out: list[Message] = []
+    if listed:
+        block = tools_text(listed)
+        if messages and messages[0].get("role") == "system":
+            first, *rest = messages
+            out.append({"role": "system", "content": f"{first['content']}\n\n{block}"})
+            messages = rest
+        else:
+            out.append({"role": "system", "content": block})
+    for m in messages:
+        role, content = m["role"], m.get("content") or ""
+        if role == "tool":
+            body = json.dumps({"name": m.get("name"), "content": content}, ensure_ascii=False)
+            text = f"{TOOL_RESPONSE[0]}{body}{TOOL_RESPONSE[1]}"
+            if out and out[-1]["role"] == "user" and out[-1]["content"].startswith(TOOL_RESPONSE[0]):
+                out[-1] = {"role": "user", "content": out[-1]["content"] + "\n" + text}
+            else:
+                out.append({"role": "user", "content": text})
+            continue
+        calls = [
+            tool_call_text(c["function"]["name"], c["function"]["arguments"])
+            for c in m.get("tool_calls") or []
+        ]
+        text = "\n".join(part for part in [content.strip() if calls else content, *calls] if part)
+        out.append({"role": role, "content": text})
+    return out
+
+
+_TOOL_SUPPORT: dict[int, bool] = {}
+_PROBE = {"type": "function", "function": {"name": "synth_probe_tool", "description": "probe",
+          "parameters": {"type": "object", "properties": {}}}}  # fmt: skip
+
+
+def supports_tools(tokenizer) -> bool:
+    """Whether the tokenizer's chat template renders a ``tools`` list itself (checked once: a probe
+    tool's name must appear in the rendered text)."""
+    key = id(tokenizer)
+    if key not in _TOOL_SUPPORT:
+        try:
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": "hi"}], tools=[_PROBE], tokenize=False
+            )
+            _TOOL_SUPPORT[key] = "synth_probe_tool" in text
+        except Exception:  # a template that refuses tools has no tool support
+            _TOOL_SUPPORT[key] = False
+    return _TOOL_SUPPORT[key]
+
+
+def tool_messages(tokenizer, messages: Sequence[dict[str, Any]], tools: Any = None) -> tuple[list, Any]:
+    """(messages, tools) as ``apply_chat_template`` takes them: unchanged without tool content; with
+    it, native (unset fields dropped, arguments as objects) where the template supports tools, else
+    the plain-turn fallback and no tools."""
+    if not has_tool_calls(messages, tools):
+        return list(messages), None
+    if not supports_tools(tokenizer):
+        return tool_fallback(messages, tools), None
+    native = []
+    for m in messages:
+        m = {k: v for k, v in m.items() if v is not None}
+        if m.get("tool_calls"):
+            m["tool_calls"] = [
+                {**c, "function": {**c["function"], "arguments": _arguments(c["function"]["arguments"])}}
+                for c in m["tool_calls"]
+            ]
+        native.append(m)
+    return native, _tool_list(tools) or None
 
 
 def special_ids(tokenizer) -> set[int]:
@@ -52,19 +183,23 @@ def special_ids(tokenizer) -> set[int]:
     return ids
 
 
-def assistant_spans(tokenizer, messages: Sequence[Message]) -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(
+    tokenizer, messages: Sequence[Message], tools: Any = None
+) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character span of each assistant turn's body.
 
     A span runs from the end of the turn's header to the end of its end-of-turn marker (trailing
-    whitespace such as ChatML's newline is left out: it is template glue, not the answer).
+    whitespace such as ChatML's newline is left out: it is template glue, not the answer). Tool
+    calls are rendered natively or by the fallback first (``tool_messages``).
     """
-    text = render(tokenizer, messages)
+    messages, tools = tool_messages(tokenizer, messages, tools)
+    text = render(tokenizer, messages, tools=tools)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = render(tokenizer, messages[:i], generation_prompt=True)
-        through = render(tokenizer, messages[: i + 1]).rstrip()
+        before = render(tokenizer, messages[:i], generation_prompt=True, tools=tools)
+        through = render(tokenizer, messages[: i + 1], tools=tools).rstrip()
         if not (text.startswith(before) and text.startswith(through) and len(through) > len(before)):
             raise TemplateError(
                 "the chat template is not prefix-stable (rendering the first turns alone does not "
@@ -75,13 +210,14 @@ def assistant_spans(tokenizer, messages: Sequence[Message]) -> tuple[str, list[t
     return text, spans
 
 
-def encode(tokenizer, messages: Sequence[Message], kind: MaskKind = "sft") -> Encoded:
-    """Token ids of the rendered conversation and the mask of assistant tokens in the loss."""
-    return _encode(tokenizer, messages, kind)[0]
+def encode(tokenizer, messages: Sequence[Message], kind: MaskKind = "sft", tools: Any = None) -> Encoded:
+    """Token ids of the rendered conversation and the mask of assistant tokens in the loss
+    (``tools``: the row's tool schemas, a list or its JSON text, when it has tool calls)."""
+    return _encode(tokenizer, messages, kind, tools)[0]
 
 
-def _encode(tokenizer, messages, kind) -> tuple[Encoded, list[int]]:
-    text, spans = assistant_spans(tokenizer, messages)
+def _encode(tokenizer, messages, kind, tools=None) -> tuple[Encoded, list[int]]:
+    text, spans = assistant_spans(tokenizer, messages, tools)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     specials = special_ids(tokenizer) if kind == "dpo" else set()
     mask = []

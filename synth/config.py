@@ -32,9 +32,12 @@ def option(
     choices: Sequence[str] | None = None,
     default_factory: Callable[[], Any] | Any = MISSING,
     flag: str | None = None,
+    rows: bool = True,
 ) -> Any:
     """A config field with its help text and allowed values (``min``/``max`` inclusive, ``gt``
-    exclusive: ``gt=0`` for a learning rate)."""
+    exclusive: ``gt=0`` for a learning rate). ``rows=False``: the field changes no row a run writes
+    (where the run lives, a server's URL, a batch size, a timeout), so a run resumes with another
+    value of it (``row_neutral``)."""
     if gt is not None:
         min = None
     meta = {
@@ -44,10 +47,16 @@ def option(
         "max": max,
         "choices": tuple(choices) if choices else None,
         "flag": flag,
+        "rows": rows,
     }
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def row_neutral(cls: type[Config] | Config) -> set[str]:
+    """The fields of a config that change no row (declared ``option(..., rows=False)``)."""
+    return {f.name for f in dataclasses.fields(cls) if not f.metadata.get("rows", True)}
 
 
 class ConfigError(ValueError):

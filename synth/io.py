@@ -1,8 +1,10 @@
 """Validated reading of JSONL input: errors name file, line and field.
 
 Seed rows may be full records (``messages``) or the short form ``{"prompt": "..."}`` (optionally with
-``system`` and ``id``). With ``skip_invalid`` a bad row is quarantined in the run store instead of
-stopping the run, so nothing is silently lost: ``synth stats`` lists it.
+``system`` and ``id``). With ``skip_invalid`` a bad row (a line that is not UTF-8 included) is
+quarantined in the run store instead of stopping the run, so nothing is silently lost: ``synth stats``
+lists it. A file that cannot be read as a JSONL (a directory, an unreadable file) is an ``InputError``
+naming it; a seed file with no prompt in it is one too.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ class InputError(ValueError):
         super().__init__(f"{path}:{line}: field '{field}': {error}")
 
 
+class InputFileError(ValueError):
+    """An input file that cannot be used as a whole (a directory, unreadable, no rows): one line."""
+
+
 @dataclass
 class BadRow:
     path: str
@@ -36,14 +42,31 @@ class BadRow:
 
 
 def iter_lines(path: Path | str) -> Iterator[tuple[int, str]]:
-    """(line number, raw text) for each non-blank line."""
+    """(line number, raw text) for each non-blank line. Bytes that are not UTF-8 come through as
+    surrogate escapes, so one bad line does not stop the file (``iter_records`` reports it)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"input file not found: {path}")
-    with open(path, encoding="utf-8") as fh:
+    if path.is_dir():
+        raise InputFileError(f"{path} is a directory, not a JSONL file")
+    try:
+        fh = open(path, encoding="utf-8", errors="surrogateescape")  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise InputFileError(f"{path}: cannot read: {e.strerror or e}") from None
+    with fh:
         for n, raw in enumerate(fh, start=1):
             if raw.strip():
                 yield n, raw
+
+
+def _not_utf8(raw: str) -> str | None:
+    """What is wrong with a line read with surrogate escapes, if it is not UTF-8 (else None)."""
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError as e:
+        byte = raw.encode("utf-8", "surrogateescape")[len(raw[: e.start].encode("utf-8"))]
+        return f"not UTF-8: byte 0x{byte:02x} at column {e.start + 1}"
+    return None
 
 
 def _field_of(err: ValidationError) -> tuple[str, str]:
@@ -95,6 +118,15 @@ def iter_records(
     ``unique_ids`` a repeated id is an error naming both lines."""
     seen: dict[str, int] = {}
     for n, raw in iter_lines(path):
+        bad_bytes = _not_utf8(raw)
+        if bad_bytes is not None:
+            shown = raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            bad = BadRow(str(path), n, "<encoding>", bad_bytes, shown)
+            if not skip_invalid:
+                raise InputError(bad.path, bad.line, bad.field, bad.error, bad.raw)
+            if on_bad:
+                on_bad(bad)
+            continue
         try:
             rec = parse(json.loads(raw))
             if unique_ids:
@@ -125,12 +157,28 @@ def read_seeds(
     skip_invalid: bool = False,
     on_bad: Callable[[BadRow], None] | None = None,
 ) -> Iterator[SFTRecord]:
-    """Prompt rows of a seed JSONL, validated at the boundary, streamed, ids unique."""
+    """Prompt rows of a seed JSONL, validated at the boundary, streamed, ids unique; a file without
+    a single prompt (empty, or every row quarantined) is an ``InputFileError``."""
     name = Path(path).name
-    return iter_records(
-        path, lambda d: seed_to_record(d, capability, name), skip_invalid=skip_invalid, on_bad=on_bad,
+    bad = 0
+
+    def count_bad(row: BadRow) -> None:
+        nonlocal bad
+        bad += 1
+        if on_bad:
+            on_bad(row)
+
+    rows = iter_records(
+        path, lambda d: seed_to_record(d, capability, name), skip_invalid=skip_invalid, on_bad=count_bad,
         unique_ids=True,
     )  # fmt: skip
+    n = 0
+    for rec in rows:
+        n += 1
+        yield rec
+    if n == 0:
+        why = f"all {bad} rows are malformed (quarantined)" if bad else "it is empty"
+        raise InputFileError(f"{path}: no prompts to run: {why}")
 
 
 def check_unique_ids(records: list[SFTRecord], path: Path | str) -> None:

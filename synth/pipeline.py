@@ -11,6 +11,17 @@ moment resumes from its last finished batch:
 
 A stage may also ``prepare(run, rows)`` before its batches: a whole-stage number (a quantile, the
 distribution of score gaps) computed by a query or one streaming pass, never by loading the stage.
+
+Resuming is safe against a changed command or input:
+
+- the run's configuration is stored; a rerun whose configuration differs in a field that changes rows
+  is refused, naming each such field with its old and new value (fields that change no row, e.g. the
+  run directory, a server's URL, the batch size, are not compared); a run that has written no row yet
+  (beyond its sources) blocks nothing: its configuration is replaced and it starts over;
+- a source (``Run.source``) is read again on every resume and compared with the stored rows: a seed
+  file with added, edited or removed rows is refused (``SourceChanged``) with the counts and ids (a
+  source stopped half-way: the rows it wrote must begin the input unchanged);
+- a stage resumed keeps the batch size its committed batches had (the same rows -> the same batches).
 """
 
 from __future__ import annotations
@@ -18,7 +29,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -124,7 +137,8 @@ class CachedEngine:
         self, requests: list[Request], prefix: str, choices: list[str]
     ) -> list[dict[str, float]]:
         """Cached like ``generate``: the choice distribution is stored as one pseudo-completion."""
-        params = {"call": "choice_logprobs", "prefix": prefix, "choices": list(choices)}
+        # "whole": choices are disjoint whole labels (synth.engines.choices); older entries were not
+        params = {"call": "choice_logprobs", "whole": True, "prefix": prefix, "choices": list(choices)}
         keys = [cache_key(self.model, r, params) for r in requests]
         found = self.store.cache_get(keys)
         todo = [i for i, k in enumerate(keys) if k not in found]
@@ -141,27 +155,68 @@ class CachedEngine:
         return [found[k][0].extra for k in keys]
 
 
-class Run:
-    """One run directory: its store, its event log and its stages."""
+class ConfigChanged(ValueError):
+    """A rerun whose configuration changes rows the run has written (one line, naming each field)."""
 
-    def __init__(self, out_dir: Path | str, config: dict[str, Any] | None = None) -> None:
+
+class SourceChanged(ValueError):
+    """A source (seed file, corpus) whose rows differ from those the run started from (one line)."""
+
+
+class EmptySource(ValueError):
+    """A source without a single row: nothing to run."""
+
+
+class Run:
+    """One run directory: its store, its event log and its stages.
+
+    ``config``: the run's configuration, stored; a resume whose configuration differs outside
+    ``neutral`` (fields that change no row) is refused, unless the run has written no row yet.
+    """
+
+    def __init__(
+        self,
+        out_dir: Path | str,
+        config: dict[str, Any] | None = None,
+        neutral: Iterable[str] = ("skip_invalid",),
+    ) -> None:
         self.dir = Path(out_dir)
         self.store = Store(self.dir)
         self.events = self.dir / "events.jsonl"
         self.engine: CachedEngine | None = None  # the recipe's engine behind this run's cache
+        # batches a concurrent stage keeps in flight (an OpenAI-compatible server's request window
+        # stays full across batch boundaries while a slow retry holds one batch back)
+        self.overlap = 1
         if config is not None:
-            previous = self.store.get_meta("config")
-            if previous is not None and _resumable(previous) != _resumable(config):
-                changed = sorted(
-                    k for k in set(previous) | set(config) if previous.get(k) != config.get(k) and k in config
+            try:
+                self._open(config, set(neutral))
+            except BaseException:
+                self.store.close()
+                raise
+
+    def _open(self, config: dict[str, Any], neutral: set[str]) -> None:
+        previous = self.store.get_meta("config")
+        if previous is not None:
+            changed = [
+                k
+                for k in sorted(set(previous) | set(config))
+                if k not in neutral and previous.get(k, _UNSET) != config.get(k, _UNSET)
+            ]
+            if changed and not self.store.has_rows(exclude=self.store.get_meta("sources", [])):
+                # a run that wrote no row but its sources (a failed first command) blocks nothing
+                self.store.reset()
+                previous, changed = None, []
+            if changed:
+                shown = "; ".join(
+                    f"{k}: {_shown(previous.get(k, _UNSET))} -> {_shown(config.get(k, _UNSET))}"
+                    for k in changed
                 )
-                raise ValueError(
-                    f"{self.dir} holds a run with a different configuration (changed: "
-                    f"{', '.join(changed) or 'fields'}); use a new --out directory (or the same command "
-                    "to resume)"
+                raise ConfigChanged(
+                    f"{self.dir} holds a run with a different configuration ({shown}); use a new --out "
+                    "directory, or the run's own options to resume it"
                 )
-            self.store.set_meta("config", config)
-            self.log("run_start", resumed=previous is not None)
+        self.store.set_meta("config", config)
+        self.log("run_start", resumed=previous is not None)
 
     def close(self) -> None:
         self.store.close()
@@ -188,19 +243,77 @@ class Run:
 
     # -- stages --------------------------------------------------------------------------------
     def source(self, name: str, items: Iterable[Record], batch_size: int = 1000) -> Rows:
-        """Rows from outside the store (a seed file, a corpus), written in batches like any stage."""
-        return self._run(name, _Identity(name), _chunks(((r.id, r) for r in items), batch_size), None)
+        """Rows from outside the store (a seed file, a corpus), written in batches like any stage.
+
+        Finished, it is read again on each resume and compared with the stored rows: a changed input
+        raises ``SourceChanged`` (counts and ids of the rows added, edited and removed). Stopped
+        half-way, the rows it wrote must be the input's first rows, unchanged (``SourceChanged`` names
+        the first that is not); it goes on after them. No row at all raises ``EmptySource``."""
+        if self.store.stage_done(name):
+            self._check_unchanged(name, items)
+            return Rows((name,))
+        sources = self.store.get_meta("sources", [])
+        if name not in sources:
+            self.store.set_meta("sources", [*sources, name])
+        rows = _nonempty(name, items)
+        if self.store.stage_begun(name):  # stopped half-way: what it wrote must begin the input
+            rows = self._same_start(name, rows)
+        return self._run(
+            name, _Identity(name), _chunks(((r.id, r) for r in rows), batch_size), None, None, batch_size
+        )
+
+    def _check_unchanged(self, name: str, items: Iterable[Record]) -> None:
+        diff = self.store.diff_rows(name, ((r.id, r.to_json()) for r in items))
+        if any(n for n, _ in diff.values()):
+            counts = ", ".join(f"{n} {kind}" for kind, (n, _) in diff.items())
+            ids = "; ".join(
+                f"{kind}: {', '.join(keys)}{' ...' if n > len(keys) else ''}"
+                for kind, (n, keys) in diff.items()
+                if n
+            )
+            raise SourceChanged(
+                f"{self.dir}: the input of stage '{name}' changed since this run started ({counts}; {ids}); "
+                "restore it to resume this run, or use a new --out directory for the new input"
+            )
+
+    def _same_start(self, name: str, items: Iterable[Record]) -> Iterator[Record]:
+        """``items``, checked against the rows a source stopped half-way wrote, in order: those must
+        be the input's first rows, as they are (the batches they filled are not written again)."""
+        stored = self.store.iter_rows(name)
+        try:
+            for n, rec in enumerate(items, start=1):
+                old = next(stored, None)
+                if old is not None and (old[0] != rec.id or old[3] != rec.to_json()):
+                    what = f"id {rec.id}" + ("" if old[0] == rec.id else f", where the run wrote id {old[0]}")
+                    raise SourceChanged(
+                        f"{self.dir}: the input of stage '{name}' changed since this run started (its row "
+                        f"{n}, {what}, differs from the row the run wrote); restore it to resume this run, "
+                        "or use a new --out directory for the new input"
+                    )
+                yield rec
+            old = next(stored, None)
+            if old is not None:
+                raise SourceChanged(
+                    f"{self.dir}: the input of stage '{name}' changed since this run started (it has fewer "
+                    f"rows than the run wrote: id {old[0]} is gone); restore it to resume this run, or use a "
+                    "new --out directory for the new input"
+                )
+        finally:
+            stored.close()
 
     def map(self, stage: Stage, source: Rows, batch_size: int = 8, total: int | None = None) -> Rows:
-        """Run ``stage`` over ``source`` in batches of ``batch_size`` rows."""
+        """Run ``stage`` over ``source`` in batches of ``batch_size`` rows (a resumed stage: those it
+        began with)."""
+        batch_size = self.store.stage_batch_size(stage.name) or batch_size
         chunks = _chunks(self._stream(source), batch_size)
-        return self._run(stage.name, stage, chunks, source, total)
+        return self._run(stage.name, stage, chunks, source, total, batch_size)
 
     def grouped(self, stage: Stage, source: Rows, batch_size: int = 1000) -> Rows:
         """Run ``stage`` over whole groups (rows sharing a ``group_key``): each batch holds complete
-        groups and about ``batch_size`` rows."""
+        groups and about ``batch_size`` rows (a resumed stage: those it began with)."""
+        batch_size = self.store.stage_batch_size(stage.name) or batch_size
         stream = self.store.iter_rows(source.stages, source.kept, order="group", latest=source.latest)
-        return self._run(stage.name, stage, _group_chunks(stream, batch_size), source)
+        return self._run(stage.name, stage, _group_chunks(stream, batch_size), source, None, batch_size)
 
     def _stream(self, source: Rows) -> Iterator[tuple[str, Any]]:
         for key, kind, _grp, data in self.store.iter_rows(source.stages, source.kept, latest=source.latest):
@@ -213,32 +326,67 @@ class Run:
         chunks: Iterable[list[tuple[str, Any]]],
         source: Rows | None,
         total: int | None = None,
+        batch_size: int | None = None,
     ) -> Rows:
         if self.store.stage_done(name):
             return Rows((name,))
         if total is None and source is not None:
             total = self.count(source)
-        self.store.begin_stage(name, total)
+        self.store.begin_stage(name, total, batch_size)
         if source is not None and hasattr(stage, "prepare"):
             stage.prepare(self, source)
         done = self.store.done_batches(name)
         seen = 0
-        with _progress(name, total) as (bar, task):
+        # batches in flight at once: only for stages that declare themselves safe (``concurrent``:
+        # no state across batches, only engine calls), and only where the run asks (``overlap``)
+        width = self.overlap if getattr(stage, "concurrent", False) else 1
+        pending: deque[tuple[str, int, Future]] = deque()
+        with _progress(name, total) as (bar, task), _Pool(width) as pool:
+
+            def commit(bid: str, n: int, out: list[Record]) -> None:
+                self.store.commit_batch(name, bid, out)
+                self.log("batch_committed", stage=name, batch=bid, rows=len(out))
+                bar.advance(task, n)
+
             for chunk in chunks:
                 seen += len(chunk)
                 bid = stable_id(name, [k for k, _ in chunk])
                 if bid in done:  # committed before a restart: not parsed, not regenerated
                     bar.advance(task, len(chunk))
                     continue
-                out = stage([_load(item) for _, item in chunk])
-                self.store.commit_batch(name, bid, out)
-                self.log("batch_committed", stage=name, batch=bid, rows=len(out))
-                bar.advance(task, len(chunk))
+                batch = [_load(item) for _, item in chunk]
+                if pool is None:
+                    commit(bid, len(chunk), stage(batch))
+                    continue
+                pending.append((bid, len(chunk), pool.submit(stage, batch)))
+                while len(pending) >= width:  # commits stay in input order, one per batch
+                    first, n, fut = pending.popleft()
+                    commit(first, n, fut.result())
+            while pending:
+                first, n, fut = pending.popleft()
+                commit(first, n, fut.result())
         if total is None:
             self.store.begin_stage(name, seen)
         self.store.end_stage(name)
         self.log("stage_done", stage=name)
         return Rows((name,))
+
+
+class _Pool:
+    """A thread pool for ``width`` > 1, else nothing (the stage runs in the driver's thread).
+
+    On an error the batches still in flight are cancelled or awaited, never committed: the run
+    resumes from the last batch committed in order."""
+
+    def __init__(self, width: int) -> None:
+        self.pool = ThreadPoolExecutor(width, thread_name_prefix="batch") if width > 1 else None
+
+    def __enter__(self) -> ThreadPoolExecutor | None:
+        return self.pool
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Identity:
@@ -290,9 +438,20 @@ def _group_chunks(stream: Iterable[tuple[str, str, str, str]], size: int) -> Ite
         yield chunk
 
 
-def _resumable(config: dict[str, Any]) -> dict[str, Any]:
-    # --skip-invalid changes no row that a run without it would write (that run stops instead)
-    return {k: v for k, v in config.items() if k != "skip_invalid"}
+_UNSET = object()
+
+
+def _shown(value: Any) -> str:
+    return "(unset)" if value is _UNSET else json.dumps(value, default=str)
+
+
+def _nonempty(name: str, items: Iterable[Record]) -> Iterator[Record]:
+    n = 0
+    for item in items:
+        n += 1
+        yield item
+    if n == 0:  # raised before the stage is marked done: the same command stops here again
+        raise EmptySource(f"no input rows for stage '{name}': nothing to run")
 
 
 class _progress:

@@ -15,45 +15,92 @@ without naming conventions.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import pkgutil
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-from synth.config import Config, option
+from synth.config import Config, option, row_neutral
 from synth.engines import Engine, SamplingParams, get_engine
+from synth.engines.embedded import is_embedded
 from synth.pipeline import CachedEngine, Rows, Run
+from synth.store import DiskFull, disk_full
 
 EMBEDDED = "SmolLM2-135M-Instruct"
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # "name" or "org/name"; anything else names a path
 
 
 @dataclass(kw_only=True)
 class RecipeConfig(Config):
     """What every recipe's config shares: where the run lives, which engine and model, how to sample."""
 
-    out: str = option(help="Run directory; the same command resumes a stopped run.")
+    out: str = option(help="Run directory; the same command resumes a stopped run.", rows=False)
     engine: str = option("hf", "hf (transformers), vllm (offline vLLM) or openai (any server).",
                          choices=("hf", "vllm", "openai"))  # fmt: skip
     model: str | None = option(None, "Model path or hub id; default: the embedded SmolLM2-135M-Instruct.")
-    base_url: str | None = option(None, "OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")
+    base_url: str | None = option(
+        None, "OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.", rows=False
+    )
+    request_timeout: float = option(
+        600.0,
+        "Seconds one attempt of an openai-engine request may take in all, then it is retried.",
+        gt=0,
+        rows=False,
+    )
+    batches_in_flight: int = option(
+        0,
+        "Batches an engine stage keeps in flight at once (commits stay in order, one per batch); "
+        "0: 16 with the openai engine (its request window stays full past slow retries), else 1.",
+        min=0,
+        rows=False,
+    )
     k: int = option(4, "Samples per prompt (Llama 3 uses 10-30).", min=1)
     max_tokens: int = option(256, "Max new tokens per model call.", min=1)
     temperature: float = option(0.8, "Sampling temperature.", min=0.0)
     top_p: float = option(0.95, "Nucleus sampling mass.", min=0.0, max=1.0)
     seed: int = option(0, "Sampling seed (the engine cache keys on it).")
-    batch_size: int = option(8, "Items per committed batch.", min=1)
+    batch_size: int = option(8, "Items per committed batch.", min=1, rows=False)
     round: int = option(0, "Post-training round the rows belong to.", min=0)
-    skip_invalid: bool = option(False, "Quarantine malformed input rows instead of stopping.")
+    skip_invalid: bool = option(False, "Quarantine malformed input rows instead of stopping.", rows=False)
     engine_kwargs: dict[str, Any] = option(
-        default_factory=dict, help="Engine options (YAML mapping), e.g. {batch_size: 16, dtype: bfloat16}."
+        default_factory=dict,
+        help="Engine options (YAML mapping), e.g. {batch_size: 16, dtype: bfloat16}.",
+        rows=False,
     )
 
     def check(self) -> None:
         """What must hold before the run directory opens (a model folder, an isolating sandbox):
         raise with a one-line message. A failed check leaves no run behind to refuse a corrected
         command."""
+
+    def check_model(self) -> None:
+        """The model must be there before the run opens (``run_recipe`` asks, unless an engine is
+        handed in): a path that exists, or a hub id in the local Hugging Face cache (nothing is
+        downloaded at run time; ``HF_HUB_OFFLINE=0`` lets the engine download it). The openai engine's
+        model is a name its server serves: not checked here."""
+        model = self.model
+        if model is None or self.engine == "openai" or is_embedded(model):
+            return
+        if Path(model).expanduser().exists():
+            return
+        if not HUB_ID.fullmatch(model) or model.startswith((".", "~")):
+            raise FileNotFoundError(f"--model {model}: no such file or directory")
+        if os.environ.get("HF_HUB_OFFLINE", "1").lower() in ("0", "false", "no", "off"):
+            return
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(model, "config.json"), str):
+            raise FileNotFoundError(
+                f"--model {model}: not a folder, and not a hub id in the local Hugging Face cache (nothing "
+                f"is downloaded at run time): give the model's folder, or download it first "
+                f"(`huggingface-cli download {model}`)"
+            )
 
     def sampling(self, **overrides: Any) -> SamplingParams:
         params = dict(n=self.k, temperature=self.temperature, top_p=self.top_p,
@@ -123,16 +170,24 @@ def get_recipe(name: str) -> Recipe:
 
 
 def open_run(cfg: RecipeConfig, recipe_name: str, engine: Engine | None = None) -> Run:
-    """The run directory, with its cached engine; a different config there is refused."""
+    """The run directory, with its cached engine; a config there that differs in a field that changes
+    rows is refused (fields declared ``option(..., rows=False)`` are not compared)."""
     config = {k: v for k, v in asdict(cfg).items() if k != "engine_kwargs"}
-    run = Run(cfg.out, config={"recipe": recipe_name, **config})
+    run = Run(cfg.out, config={"recipe": recipe_name, **config}, neutral=row_neutral(cfg))
     model = engine.model if engine is not None else (cfg.model or EMBEDDED)
     name = engine.name if engine is not None else cfg.engine
 
     def build() -> Engine:
-        return get_engine(cfg.engine, cfg.model, base_url=cfg.base_url, **cfg.engine_kwargs)
+        return get_engine(
+            cfg.engine,
+            cfg.model,
+            base_url=cfg.base_url,
+            request_timeout=cfg.request_timeout,
+            **cfg.engine_kwargs,
+        )
 
     run.engine = CachedEngine(engine or build, run.store, name=name, model=model)
+    run.overlap = cfg.batches_in_flight or (16 if name == "openai" else 1)
     return run
 
 
@@ -141,14 +196,24 @@ def run_recipe(name: str, cfg: RecipeConfig, engine: Engine | None = None) -> Ru
     spec = get_recipe(name)
     if not isinstance(cfg, spec.config):
         raise TypeError(f"recipe {name!r} takes a {spec.config.__name__}, got {type(cfg).__name__}")
+    if engine is None:
+        cfg.check_model()
     cfg.check()
-    run = open_run(cfg, name, engine)
+    try:
+        run = open_run(cfg, name, engine)
+    except Exception as e:  # a full disk as the run opens: one line
+        if isinstance(e, DiskFull) or disk_full(e, cfg.out) is None:
+            raise
+        raise disk_full(e, cfg.out) from e
     try:
         outputs = spec.fn(run, cfg)
         run.store.set_meta("outputs", outputs.to_meta())
         run.store.set_meta("capability", outputs.capability or name)
         run.log("run_done")
-    except BaseException:
-        run.close()  # an interrupted run leaves its store closed and resumable
-        raise
+    except BaseException as e:
+        with contextlib.suppress(Exception):  # a store that failed writing may fail closing too
+            run.close()  # an interrupted run leaves its store closed and resumable
+        if isinstance(e, DiskFull) or disk_full(e, run.dir) is None:
+            raise
+        raise disk_full(e, run.dir) from e  # ENOSPC from DuckDB or a file write: one line, rows kept
     return run

@@ -13,7 +13,15 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 Role = Literal["system", "user", "assistant", "tool"]
 Strength = Literal["significantly_better", "better", "slightly_better", "marginally_better"]
@@ -32,14 +40,43 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class ToolFunction(_Strict):
+    """The function an assistant calls: its name and its arguments as JSON text (OpenAI's shape)."""
+
+    name: NonEmpty
+    arguments: str
+
+
+class ToolCall(_Strict):
+    """One tool call of an assistant turn, in OpenAI's tool-calling shape."""
+
+    id: NonEmpty
+    type: Literal["function"] = "function"
+    function: ToolFunction
+
+
 class Message(_Strict):
     role: Role
-    content: NonEmpty
+    # OpenAI's tool-calling shape: an assistant turn's calls (before ``content``, which may be empty
+    # on such a turn), and the call a tool turn answers; left out of the stored JSON when unset, so
+    # rows without tools are written as before
+    tool_calls: list[ToolCall] | None = Field(default=None, exclude_if=lambda v: v is None)
+    content: str  # non-blank, except on an assistant turn that only calls tools
     name: str | None = None  # tool name for role == "tool"
+    tool_call_id: str | None = Field(default=None, exclude_if=lambda v: v is None)
+
+    @field_validator("content")
+    @classmethod
+    def _not_empty(cls, content: str, info: ValidationInfo) -> str:
+        if not content and not info.data.get("tool_calls"):
+            raise ValueError("String should have at least 1 character")
+        return content
 
     @model_validator(mode="after")
     def _not_blank(self) -> Message:
-        if not self.content.strip():
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only an assistant turn makes tool calls")
+        if self.content and not self.content.strip():
             raise ValueError("content is blank")
         return self
 
@@ -54,6 +91,8 @@ class Provenance(_Strict):
     seed: int | None = None
     round: int = 0
     source: str | None = None  # seed file / upstream row the record came from
+    # the row's language (ISO 639-1) where a language check established it; left out when unset
+    language: str | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class Verdict(_Strict):
@@ -91,6 +130,9 @@ class _Scored(_Strict):
 class SFTRecord(_Scored):
     kind: Literal["sft"] = "sft"
     messages: list[Message] = Field(min_length=1)
+    # the functions the conversation may call, as OpenAI function schemas ({"type": "function",
+    # "function": {name, description, parameters}}); left out of the stored JSON when unset
+    tools: list[dict[str, Any]] | None = Field(default=None, exclude_if=lambda v: v is None)
 
     @property
     def prompt(self) -> list[Message]:
@@ -182,6 +224,28 @@ def register_kind(cls: type[_Scored]) -> type[_Scored]:
 
 for _cls in (SFTRecord, PreferenceRecord, Unparsed):
     register_kind(_cls)
+
+
+@register_kind
+class StepLabelRecord(_Scored):
+    """A solution labelled step by step, in TRL's stepwise-supervision format: ``prompt`` (the
+    problem), ``completions`` (the steps) and ``labels`` (whether each step is good: a process
+    reward model's training row). ``soft_labels``: the share of rollouts from each step that reached
+    the right answer (Math-Shepherd's soft label), when the labels come from rollouts."""
+
+    kind: Literal["step_labels"] = "step_labels"
+    prompt: NonEmpty
+    completions: list[NonEmpty] = Field(min_length=1)
+    labels: list[bool]
+    soft_labels: list[float] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_label_per_step(self) -> StepLabelRecord:
+        n = len(self.completions)
+        if len(self.labels) != n or (self.soft_labels and len(self.soft_labels) != n):
+            raise ValueError(f"{n} steps need {n} labels, got {len(self.labels)} and {len(self.soft_labels)}")
+        return self
+
 
 Record = SFTRecord | PreferenceRecord | Item
 

@@ -10,18 +10,35 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from synth.records import Record
-from synth.store import Store
+from synth.stages.language import language_funnel
+from synth.store import PROGRESS_NAME, Store
 
 KINDS = ("sft", "preference")
+
+
+def read_progress(run_dir: Path | str) -> dict[str, Any] | None:
+    """The progress snapshot a running run writes after each committed batch (pid, command, funnel
+    so far, quarantined count), or None when there is none."""
+    try:
+        return json.loads((Path(run_dir) / PROGRESS_NAME).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def output_stages(store: Store, kind: str) -> list[str]:
     """The stages a run declared as its output of ``kind`` (runs before recipes named one stage)."""
     declared = (store.get_meta("outputs") or {}).get(kind) or []
     return [declared] if isinstance(declared, str) else list(declared)
+
+
+def output_kinds(store: Store) -> list[str]:
+    """The output kinds of a run: sft and preference, then any its recipe added (``step_labels``)."""
+    declared = store.get_meta("outputs") or {}
+    return [*KINDS, *(k for k in declared if k not in KINDS and k != "prompts")]
 
 
 def iter_outputs(store: Store, kind: str) -> Iterator[Record]:
@@ -123,7 +140,8 @@ def summarize(store: Store, scores: dict[str, dict[str, Any]] | None = None) -> 
         )
     models, engines, templates, sampling = _provenance_facts(store)
     scores = score_tables(store) if scores is None else scores
-    counts = {kind: sum(store.count(s, kept=True) for s in output_stages(store, kind)) for kind in KINDS}
+    kinds = output_kinds(store)
+    counts = {kind: sum(store.count(s, kept=True) for s in output_stages(store, kind)) for kind in kinds}
     return {
         "name": store.run_dir.name,
         "capability": store.get_meta("capability"),
@@ -140,6 +158,10 @@ def summarize(store: Store, scores: dict[str, dict[str, Any]] | None = None) -> 
         "quarantine": quarantined,
         "rows": counts,
         "engine_cache_entries": store.cache_size(),
+        "language_funnel": language_funnel(store),  # [] unless the recipe records languages
+        "data_sources": store.get_meta("data_sources") or [],  # input data the recipe names, with licences
+        # kept rows per context-length bucket (the long-context recipe); the card lists it in its details
+        **({"length_buckets": b} if (b := store.get_meta("length_buckets")) else {}),
     }
 
 

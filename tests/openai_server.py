@@ -23,6 +23,22 @@ Faults are chosen per (prompt, attempt number) so a test does not depend on thre
 
 ``engine=`` wraps any object with the Engine interface (``generate(requests, sampling)``) so a real
 model can be served over HTTP; calls into it are serialized.
+
+Malformed and slow answers, as faults: ``Fault.no_content()`` (a 200 whose choices lack
+``message.content``, or carry ``null``), ``Fault.garbage()`` (a 200 whose body is not JSON),
+``Fault.parts()`` (content sent as a list of text parts: valid, not a fault),
+``Fault.trickle(s)`` (headers at once, then the body one byte every ``s`` seconds).
+
+Log-probs (``"logprobs": true, "top_logprobs": k`` in the body), like a real server:
+
+* with ``engine=`` a real ``HFEngine``: the greedy reply's own tokens, each with the model's top-k
+  alternatives (teacher-forced, exact);
+* ``token_logprobs=callable(prompt) -> [(token, logprob, {alternative: logprob}), ...]``: a scripted
+  reply (the tokens joined) with a deterministic distribution;
+* otherwise the answer has no ``logprobs``, as a server that does not support them.
+
+``max_model_len=`` is listed for the model under ``/v1/models`` (as vLLM does); ``tokenize=True``
+serves vLLM's ``POST /tokenize`` (``count``: the prompt's words, as ``usage`` counts them).
 """
 
 from __future__ import annotations
@@ -48,6 +64,10 @@ class Fault:
     delay_s: float = 0.0  # wait this long before answering (past the client timeout => timeout)
     drop: bool = False  # close the connection without answering
     max_choices: int | None = None  # answer normally but with at most this many choices
+    strip_content: str | None = None  # "missing" | "null": a 200 whose choices have no content
+    non_json: bool = False  # a 200 whose body is not JSON
+    parts: bool = False  # content as a list of text parts (valid: not a fault)
+    trickle_s: float = 0.0  # send the body one byte every trickle_s seconds
 
     @classmethod
     def rate_limited(cls, retry_after: float | str | None = 0.01) -> Fault:
@@ -68,6 +88,22 @@ class Fault:
     @classmethod
     def short(cls, max_choices: int) -> Fault:
         return cls(max_choices=max_choices)
+
+    @classmethod
+    def no_content(cls, null: bool = False) -> Fault:
+        return cls(strip_content="null" if null else "missing")
+
+    @classmethod
+    def garbage(cls) -> Fault:
+        return cls(non_json=True)
+
+    @classmethod
+    def as_parts(cls) -> Fault:
+        return cls(parts=True)
+
+    @classmethod
+    def trickle(cls, every_s: float) -> Fault:
+        return cls(trickle_s=every_s)
 
 
 @dataclass
@@ -124,6 +160,9 @@ class OpenAIServer:
         max_faults_per_prompt: int = 3,
         ignore_stop: bool = False,
         usage: bool = True,
+        token_logprobs: Callable[[str], list[tuple[str, float, dict[str, float]]]] | None = None,
+        max_model_len: int | None = None,
+        tokenize: bool = False,
     ) -> None:
         self.model = model
         self.engine = engine
@@ -136,6 +175,10 @@ class OpenAIServer:
         self.max_faults_per_prompt = max_faults_per_prompt
         self.ignore_stop = ignore_stop
         self.usage = usage
+        self.token_logprobs = token_logprobs
+        self.max_model_len = max_model_len
+        self.tokenize = tokenize
+        self.tokenize_calls = 0
 
         self.hits: list[Hit] = []
         self.counts: Counter[str] = Counter()  # HTTP requests received per prompt
@@ -221,6 +264,8 @@ class OpenAIServer:
         return None
 
     def _answer(self, body: dict[str, Any], max_choices: int | None) -> dict[str, Any]:
+        if body.get("logprobs") and self.token_logprobs is not None:
+            return self._scripted_logprobs(body)
         messages = body["messages"]
         n = int(body.get("n") or 1)
         if max_choices is not None:
@@ -241,6 +286,10 @@ class OpenAIServer:
             )
             with self._engine_lock:
                 comps = self.engine.generate([Request.chat(messages)], sampling)[0]
+                logprobs = None
+                if body.get("logprobs") and hasattr(self.engine, "_node_logprobs"):
+                    k = int(body.get("top_logprobs") or 0)
+                    logprobs = [_hf_logprobs(self.engine, messages, c.text, k) for c in comps]
             choices = [(c.text, c.finish_reason) for c in comps]
             prompt_tokens = comps[0].prompt_tokens if comps else 0
             completion_tokens = sum(c.completion_tokens for c in comps)
@@ -272,6 +321,9 @@ class OpenAIServer:
                 for i, (text, reason) in enumerate(choices)
             ],
         }
+        if self.engine is not None and logprobs is not None:
+            for c, lp in zip(out["choices"], logprobs, strict=True):
+                c["logprobs"] = {"content": lp}
         if self.usage:
             out["usage"] = {
                 "prompt_tokens": prompt_tokens,
@@ -279,6 +331,53 @@ class OpenAIServer:
                 "total_tokens": prompt_tokens + completion_tokens,
             }
         return out
+
+    def _scripted_logprobs(self, body: dict[str, Any]) -> dict[str, Any]:
+        assert self.token_logprobs is not None
+        tokens = self.token_logprobs(last_user_message(body["messages"]))
+        tokens = tokens[: int(body.get("max_tokens") or len(tokens))]
+        k = int(body.get("top_logprobs") or 0)
+        content = [_lp_entry(t, lp, alts, k) for t, lp, alts in tokens]
+        text = "".join(t for t, _, _ in tokens)
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": {"content": content},
+            "finish_reason": "stop",
+        }
+        return {
+            "id": "chatcmpl-scripted",
+            "object": "chat.completion",
+            "model": self.model,
+            "choices": [choice],
+        }
+
+
+def _lp_entry(token: str, logprob: float, alts: dict[str, float], k: int) -> dict[str, Any]:
+    top = sorted(alts.items(), key=lambda kv: -kv[1])[:k]
+    return {
+        "token": token,
+        "logprob": logprob,
+        "bytes": list(token.encode()),
+        "top_logprobs": [{"token": a, "logprob": lp, "bytes": list(a.encode())} for a, lp in top],
+    }
+
+
+def _hf_logprobs(engine: Any, messages: list[dict[str, Any]], text: str, k: int) -> list[dict[str, Any]]:
+    """What a server running ``engine`` (an HFEngine) sends for ``text``: each token of the reply
+    with the model's log-prob and top-k alternatives, teacher-forced on the rendered chat."""
+    import torch
+
+    tok = engine.tokenizer
+    ctx = tok(engine._render(Request.chat(messages)), add_special_tokens=False)["input_ids"]
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    dists = engine._node_logprobs(ctx, [tuple(ids[:j]) for j in range(len(ids))]) if ids else []
+    out = []
+    for t, d in zip(ids, dists, strict=True):
+        top = torch.topk(d, k) if k else None
+        alts = {} if top is None else {tok.decode([int(i)]): float(v) for v, i in zip(*top, strict=True)}
+        out.append(_lp_entry(tok.decode([t]), float(d[t]), alts, k))
+    return out
 
 
 def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
@@ -301,19 +400,48 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
                 self.close_connection = True
 
+        def _send_raw(self, status: int, data: bytes, ctype: str, every_s: float = 0.0) -> None:
+            """``data`` as is; with ``every_s``, one byte at a time (a trickling server)."""
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if not every_s:
+                    self.wfile.write(data)
+                    return
+                for i in range(len(data)):
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                    if server._stopping.wait(every_s):
+                        break
+                self.close_connection = True
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up
+                self.close_connection = True
+
         def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
             err = {"message": message, "type": "invalid_request_error", "code": status}
             self._send_json(status, {"error": err}, headers)
 
         def do_GET(self) -> None:
             if self.path.rstrip("/") == "/v1/models":
-                self._send_json(200, {"object": "list", "data": [{"id": server.model}]})
+                card: dict[str, Any] = {"id": server.model}
+                if server.max_model_len is not None:
+                    card["max_model_len"] = server.max_model_len
+                self._send_json(200, {"object": "list", "data": [card]})
             else:
                 self._error(404, f"no route {self.path}")
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
+            if self.path.rstrip("/") == "/tokenize" and server.tokenize:
+                msgs = json.loads(raw).get("messages") or []
+                with server._lock:
+                    server.tokenize_calls += 1
+                count = sum(len(str(m.get("content", "")).split()) for m in msgs)
+                self._send_json(200, {"count": count, "max_model_len": server.max_model_len, "tokens": []})
+                return
             if self.path.rstrip("/") != "/v1/chat/completions":
                 self._error(404, f"no route {self.path}")
                 return
@@ -374,6 +502,23 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
             except Exception as e:  # a wrapped engine failed: a 500, as a real server would
                 self._error(500, f"{type(e).__name__}: {e}")
                 return "500"
+            if fault.non_json:
+                self._send_raw(200, b"<html><body>502 Bad Gateway</body></html>", "text/html")
+                return "garbage"
+            if fault.strip_content is not None:
+                for c in answer["choices"]:
+                    if fault.strip_content == "null":
+                        c["message"]["content"] = None
+                    else:
+                        del c["message"]["content"]
+                self._send_json(200, answer)
+                return "no_content"
+            if fault.parts:
+                for c in answer["choices"]:
+                    c["message"]["content"] = [{"type": "text", "text": c["message"]["content"]}]
+            if fault.trickle_s:
+                self._send_raw(200, json.dumps(answer).encode(), "application/json", fault.trickle_s)
+                return "trickle"
             with server._lock:
                 server.served[prompt] += len(answer["choices"])
             self._send_json(200, answer)

@@ -232,3 +232,42 @@ def test_config_rejects_unknown_languages(tmp_path):
         CodeConfig(out=str(tmp_path), backend="vm")
     with pytest.raises(ConfigError, match=r"repair_rounds must be in \[0, inf\)"):
         CodeConfig(out=str(tmp_path), repair_rounds=-1)
+
+
+def test_synth_run_code_round_2_stamps_every_row_and_keeps_repair_rounds_apart(tmp_path, corpus):
+    """`synth run code --round 2` (the CLI, a scripted model over HTTP): every stored row belongs to
+    post-training round 2; the repair loop's own counter is ``repair_round``, never ``round``."""
+    from openai_server import OpenAIServer
+
+    from pipelines.cli import main
+
+    out = tmp_path / "run"
+    with OpenAIServer(engine=ScriptedEngine(reply)) as srv:
+        code = main(["run", "code", "--out", str(out), "--corpus", str(corpus), "--k", "3",
+                     "--problems-per-snippet", "1", "--repair-rounds", "1", "--batch-size", "2",
+                     "--round", "2", "--engine", "openai", "--model", "fake",
+                     "--base-url", srv.base_url])  # fmt: skip
+    assert code == 0
+    store = Store(out, read_only=True)
+    stages = [f["stage"] for f in store.funnel()]
+    assert "execute_round1" in stages and "io_cases" in stages and "bt_judge" in stages
+    rows = [r for s in stages for r in store.records(s)]
+    assert rows and {r.provenance.round for r in rows} == {2}, {(r.id, r.provenance.round) for r in rows}
+    sft = list(iter_outputs(store, "sft"))
+    assert sft and {r.provenance.round for r in sft} == {2}
+    solved = {r.id: r for r in store.records("solutions") if r.kept}
+    s0 = solved["primes-p0-s0"]  # passed after repair 1, in post-training round 2
+    assert (s0.meta["repair_round"], s0.provenance.round) == (1, 2) and "round" not in s0.meta
+    assert [a["repair_round"] for a in s0.meta["attempts"]] == [0, 1]
+    assert solved["primes-p0-s1"].meta["repair_round"] == 0
+    [s2] = [r for r in store.records("solutions") if r.id == "primes-p0-s2"]
+    assert isinstance(s2, Candidate) and s2.repair_round == 0 and s2.provenance.round == 2
+    store.close()
+
+
+def test_candidates_stored_before_the_rename_still_load():
+    old = Candidate(id="c", problem_id="p", snippet_id="s", problem="p").model_dump()
+    old["round"] = old.pop("repair_round") + 1
+    old["attempts"] = [{"round": 1, "code": None, "tests": None, "passed": False, "reason": "no_code"}]
+    back = Candidate.model_validate(old)
+    assert back.repair_round == 1 and back.attempts[0].repair_round == 1

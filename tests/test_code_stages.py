@@ -172,13 +172,13 @@ def test_execute_reasons_and_feedback():
         candidate("lint", "def f():\n    return undefined_name\n", "assert f() == 1\n"),
         candidate("fail", "import os\n\n" + ADD, "assert add(1, 2) == 4\n"),
     ]
-    stage = Execute(sandbox=SANDBOX, round=0)
+    stage = Execute(sandbox=SANDBOX, repair_round=0)
     assert stage.name == "execute_round0"
     out = {c.id: c for c in stage(cands)}
     assert [out[i].verdicts[-1].reason for i in out] == [None, "no_code", "no_tests", "lint", "test_failed"]
     assert out["ok"].kept and out["ok"].attempts == [
-        Attempt(round=0, code=ADD, tests="assert add(1, 2) == 3\n", passed=True, reason=None, feedback="",
-                lint=[]),
+        Attempt(repair_round=0, code=ADD, tests="assert add(1, 2) == 3\n", passed=True, reason=None,
+                feedback="", lint=[]),
     ]  # fmt: skip
     assert out["ok"].last_run["status"] == "ok" and out["nocode"].last_run is None
     assert "F821 Undefined name `undefined_name`" in out["lint"].attempts[0].feedback
@@ -188,7 +188,9 @@ def test_execute_reasons_and_feedback():
 
 def test_typed_items_round_trip_through_the_store(tmp_path):
     cand = candidate("c1", ADD, "assert add(1, 2) == 3\n")
-    cand.attempts.append(Attempt(round=0, code=ADD, tests=None, passed=False, reason="no_tests", lint=["x"]))
+    cand.attempts.append(
+        Attempt(repair_round=0, code=ADD, tests=None, passed=False, reason="no_tests", lint=["x"])
+    )
     cand.keep("execute_round0")
     run = Run(tmp_path / "run")
     run.source("candidates", [cand])

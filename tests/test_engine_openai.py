@@ -272,3 +272,34 @@ def test_embedded_model_served_over_http():
             direct.completion_tokens,
         )
         assert 0 < c.completion_tokens <= 8 and c.finish_reason in ("stop", "length")
+
+
+# -- the prompt budget ----------------------------------------------------------------------------
+def test_prompt_budget_from_the_server_rejects_long_prompts_per_row(tmp_path):
+    """Context from /v1/models' max_model_len, exact counts from vLLM's /tokenize, asked only for a
+    prompt that the byte bounds cannot decide; the other rows of the batch are generated."""
+    from synth.pipeline import CachedEngine
+    from synth.records import Message, SFTRecord
+    from synth.stages.generate import Respond
+    from synth.store import Store
+
+    def row(i, text):
+        return SFTRecord(id=f"r{i}", messages=[Message(role="user", content=text)])
+
+    rows = [row(0, "short one"), row(1, "word " * 3000), row(2, "x" * 2_000_000), row(3, "short two")]
+    with OpenAIServer(max_model_len=2048, tokenize=True) as srv:
+        eng = fast_engine(srv)
+        assert eng.context_length == 2048
+        stage = Respond(
+            engine=CachedEngine(eng, Store(tmp_path)),
+            sampling=SamplingParams(max_tokens=48),
+            capability="general",
+        )
+        out = {r.id: r for r in stage(rows)}
+        assert srv.tokenize_calls == 1  # only the 15 kB prompt needed counting
+        assert srv.total_requests == 2  # neither long prompt reached the server
+    assert [k for k, r in out.items() if r.kept] == ["r0-0", "r3-0"]
+    assert out["r1-0"].verdicts[-1].reason == "prompt_too_long"
+    assert out["r1-0"].meta["detail"] == "3,000 tokens > 2,048 - 48"
+    assert out["r2-0"].meta["detail"] == "at least 7,813 tokens > 2,048 - 48"  # 2 MB / 256: never sent
+    assert OpenAIEngine("m", "http://127.0.0.1:9/v1", max_context=4096).context_length == 4096

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 import types
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class FakeSamplingParams:
     max_tokens: int = 16
     stop: list[str] | None = None
     seed: int | None = None
+    logprobs: int | None = None  # vllm: top-k log-probs per generated token
 
 
 @dataclass
@@ -43,6 +45,14 @@ class FakeCompletionOutput:
     text: str
     token_ids: list[int]
     finish_reason: str | None
+    logprobs: list[dict[int, FakeLogprob]] | None = None  # vllm: one {token id: Logprob} per token
+
+
+@dataclass
+class FakeLogprob:  # vllm.sequence.Logprob
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
 
 
 @dataclass
@@ -147,6 +157,86 @@ def test_greedy_n_asks_once_and_repeats(fake_vllm):
     assert FakeLLM.instances[0].calls[0][1].n == 1
     assert [c.text for c in res[0]] == ["s0 x STOP tail"] * 3
     assert res[0][0] is not res[0][1]
+
+
+# -- judge scores: whole choices from top log-probs ------------------------------------------------
+class CharTokenizer:
+    """One token per character (token id = code point): " 10" is " " + "1" + "0", as on SmolLM2."""
+
+    chat_template = "chars"
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        text = "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+        return [ord(c) for c in text] if tokenize else text
+
+    def encode(self, text, add_special_tokens=True):
+        return [ord(c) for c in text]
+
+    def decode(self, ids):
+        return "".join(map(chr, ids))
+
+    def get_vocab(self):
+        return {chr(i): i for i in range(32, 127)}
+
+
+def judge_next(prompt: str) -> dict[str, float]:
+    """A judge that, after "Score:", writes " 10" when the question says "great", else " 9"."""
+    target = " 10" if "great" in prompt else " 9"
+    written = prompt[prompt.rindex("Score:") + len("Score:") :]
+    if written == "":
+        return {" ": 0.97, "\n": 0.03}
+    if written == " ":
+        return {target[1]: 0.9, "7": 0.06, "2": 0.04}
+    if target.startswith(written) and written != target:
+        return {target[len(written)]: 0.95, "\n": 0.05}
+    return {"\n": 0.9, "0": 0.02, ".": 0.08}
+
+
+class ScoringLLM(FakeLLM):
+    def get_tokenizer(self):
+        return CharTokenizer()
+
+    def generate(self, prompts, params, use_tqdm=True):
+        assert use_tqdm is False and params.max_tokens == 1 and params.logprobs
+        self.calls.append((prompts, params))
+        outs = []
+        for p in prompts:
+            ids = p["prompt_token_ids"]
+            dist = judge_next("".join(map(chr, ids)))
+            top = sorted(dist.items(), key=lambda kv: -kv[1])[: params.logprobs]
+            lps = {ord(t): FakeLogprob(math.log(q), r + 1, t) for r, (t, q) in enumerate(top)}
+            best = ord(top[0][0])
+            outs.append(FakeRequestOutput(ids, [FakeCompletionOutput(chr(best), [best], "length", [lps])]))
+        return outs
+
+
+def test_choice_logprobs_from_top_logprobs(fake_vllm):
+    from synth.stages.judge import SCORE_CHOICES, expected_score
+
+    fake_vllm.LLM = ScoringLLM
+    eng = VLLMEngine("org/m", max_model_len=4096)
+    choices = list(SCORE_CHOICES)
+    great, good = eng.choice_logprobs(
+        [Request.chat("a great answer"), Request.chat("a good answer")], "Score:", choices
+    )
+    # whole labels: " 1" + "0" + an end is 10, never 1; " 1" + an end is 1
+    assert math.exp(great[" 10"]) == pytest.approx(0.97 * 0.9 * 0.95 * (1 - 0.02))
+    assert math.exp(great[" 1"]) == pytest.approx(0.97 * 0.9 * 0.05)
+    assert math.exp(good[" 9"]) == pytest.approx(0.97 * 0.9 * (1 - 0.02))
+    assert great[" 5"] == -math.inf  # outside the top k: improbable
+    assert expected_score(great) > 9.0 > expected_score(good) > 8.4
+    (llm,) = ScoringLLM.instances
+    prompts, params = llm.calls[0]
+    assert params.logprobs == eng.top_logprobs and params.temperature == 0.0
+    # one request per prefix of every choice ("", " ", " 1".." 9", " 10"), sharing the prompt
+    assert len(prompts) == 2 * 12
+    ctx = [ord(c) for c in "<user>a great answer<assistant>Score:"]
+    assert all(p["prompt_token_ids"][: len(ctx)] == ctx for p in prompts[:12])
+    assert eng.context_length == 4096
+    n = eng.count_prompt_tokens(Request.chat("hello"), 100)
+    assert n.exact and n.tokens == len("<user>hello<assistant>")
+    big = eng.count_prompt_tokens(Request.chat("x" * 10_000), 100)  # bound by bytes, not tokenized
+    assert not big.exact and big.tokens > 100
 
 
 # -- the real thing, where vllm and a CUDA GPU are present --------------------------------------

@@ -583,3 +583,165 @@ def test_push_without_token_fails_clearly(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError):
         push_to_hub(tmp_path / "nowhere", "org/x", token="t", api=api)
     assert api.calls == []
+
+
+# --------------------------------------------------------------------------- `synth export`
+
+
+def make_run(path: Path, n: int = 6, stage: str = "final") -> Path:
+    """A finished run directory whose declared SFT output (``stage``) holds ``n`` kept rows."""
+    from synth.pipeline import Run
+
+    run = Run(path, config={"recipe": "export-test"})
+    run.source(stage, make_sft(n, rejected=()))
+    run.store.set_meta("outputs", {"sft": [stage], "preference": [], "prompts": None})
+    run.close()
+    return path
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """``synth ARGS`` in-process: (exit code, stderr)."""
+    from pipelines.cli import main
+
+    monkeypatch.setenv("SYNTH_NO_PROGRESS", "1")
+
+    def invoke(*args: str) -> tuple[int, str]:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        return code, capsys.readouterr().err
+
+    return invoke
+
+
+def one_line_error(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def test_cli_license_goes_into_the_card_header(tmp_path, cli):
+    run = make_run(tmp_path / "run")
+    assert cli("export", run, "--to", tmp_path / "ds", "--license", "mit")[0] == 0
+    card = (tmp_path / "ds" / "README.md").read_text()
+    assert front_matter(card)["license"] == "mit"
+    assert '"license"' not in card.split("\n---\n", 1)[1]  # not lost in the card's run details
+    assert cli("export", run, "--to", tmp_path / "default")[0] == 0
+    assert front_matter((tmp_path / "default" / "README.md").read_text())["license"] == "apache-2.0"
+    # a summary that names the license (what `synth export` used to hand over) is heard too
+    out = export_dataset(make_sft(n=2), [], tmp_path / "lib", {**SUMMARY, "license": "cc-by-4.0"})
+    assert front_matter((out / "README.md").read_text())["license"] == "cc-by-4.0"
+
+
+def test_cli_export_to_a_file_is_a_one_line_error(tmp_path, cli):
+    run = make_run(tmp_path / "run")
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    code, err = cli("export", run, "--to", target)
+    assert code != 0
+    assert "is not a folder" in one_line_error(err)
+    assert target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("value", ["2", "-0.1", "nan"])
+def test_cli_test_fraction_is_checked_at_the_boundary(tmp_path, cli, capsys, value):
+    # the range is checked before the run is opened: this run does not even exist
+    code, err = cli("export", tmp_path / "no-run", "--to", tmp_path / "ds", "--test-fraction", value)
+    assert code != 0
+    assert "--test-fraction must be in [0, 1]" in one_line_error(err)
+    assert not (tmp_path / "ds").exists()
+    from pipelines.cli import main
+
+    assert main(["export", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "Range: [0, 1]" in help_text and "--overwrite" in help_text
+
+
+def test_cli_export_refuses_a_folder_of_other_files_unless_overwrite(tmp_path, cli):
+    run = make_run(tmp_path / "run")
+    mine = tmp_path / "mine"
+    (mine / "sft").mkdir(parents=True)
+    (mine / "README.md").write_text("my own notes")
+    (mine / "sft" / "train-00000-of-00001.parquet").write_bytes(b"my own data")
+    (mine / "keep.txt").write_text("untouched")
+    before = files_of(mine)
+
+    code, err = cli("export", run, "--to", mine)
+    assert code != 0
+    line = one_line_error(err)
+    assert "not empty" in line and "--overwrite" in line and "README.md" in line
+    assert files_of(mine) == before
+    from synth.export import ExportTargetError
+
+    with pytest.raises(ExportTargetError, match="not empty"):
+        export_dataset(make_sft(), [], mine, {})
+    assert files_of(mine) == before
+
+    assert cli("export", run, "--to", mine, "--overwrite")[0] == 0
+    assert (mine / "keep.txt").read_text() == "untouched"  # only what an export writes is replaced
+    assert front_matter((mine / "README.md").read_text())["license"] == "apache-2.0"
+    assert sum(len(v) for v in shard_ids(mine, "sft").values()) == 6
+    assert cli("export", run, "--to", mine)[0] == 0  # now it is this run's export
+
+
+def test_cli_export_reexports_its_own_run_but_not_another(tmp_path, cli):
+    a, b = make_run(tmp_path / "a"), make_run(tmp_path / "b", n=3)
+    ds = tmp_path / "ds"
+    assert cli("export", a, "--to", ds)[0] == 0
+    assert cli("export", a, "--to", ds, "--test-fraction", "0.5")[0] == 0  # same run: in place
+    code, err = cli("export", b, "--to", ds)
+    assert code != 0 and "another run" in one_line_error(err)
+    assert sum(len(v) for v in shard_ids(ds, "sft").values()) == 6
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli("export", b, "--to", empty)[0] == 0  # an empty folder is fine
+
+
+class Killed(BaseException):
+    pass
+
+
+def test_cli_rerun_of_a_killed_export_gives_the_same_dataset(tmp_path, cli, monkeypatch):
+    from synth.export import writer
+
+    run = make_run(tmp_path / "run", n=12)
+    ds = tmp_path / "ds"
+    written = [0]
+    write = writer._ShardWriter.write
+
+    def dies_midway(self, row):
+        written[0] += 1
+        if written[0] == 8:
+            raise Killed
+        write(self, row)
+
+    # a kill -9 runs no clean-up: the .tmp shards and the manifest stay
+    monkeypatch.setattr(writer, "ROW_GROUP_ROWS", 2)  # rows reach the .tmp shards before the kill
+    monkeypatch.setattr(writer._ShardWriter, "write", dies_midway)
+    monkeypatch.setattr(writer._ShardWriter, "discard", lambda self: None)
+    with pytest.raises(Killed):
+        cli("export", run, "--to", ds, "--test-fraction", "0.3")
+    assert list(ds.rglob("*.tmp")) and not (ds / "README.md").exists()
+    monkeypatch.undo()
+
+    assert cli("export", run, "--to", ds, "--test-fraction", "0.3")[0] == 0
+    assert cli("export", run, "--to", tmp_path / "fresh", "--test-fraction", "0.3")[0] == 0
+    assert files_of(ds) == files_of(tmp_path / "fresh")
+    assert not list(ds.rglob("*.tmp"))
+
+
+def test_a_run_from_before_the_top_fraction_rename_still_exports_and_stats(tmp_path, cli, capsys):
+    """Runs name their output stages in their metadata: 'top_quartile' of an older run still reads."""
+    run = make_run(tmp_path / "old", n=4, stage="top_quartile")
+    assert cli("export", run, "--to", tmp_path / "ds")[0] == 0
+    assert sum(len(v) for v in shard_ids(tmp_path / "ds", "sft").values()) == 4
+    from pipelines.cli import main
+
+    assert main(["stats", str(run), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rows"]["sft"] == 4 and [f["stage"] for f in summary["funnel"]] == ["top_quartile"]

@@ -103,7 +103,7 @@ def test_run_stats_export_round_trip(reference_run, tmp_path):
     stages = [f["stage"] for f in funnel.funnel()]
     gen = next(f for f in funnel.funnel() if f["stage"] == "generate")
     funnel.close()
-    assert stages == ["seeds", "generate", "clean", "judge", "best_of_k", "top_quartile", "preference_pairs"]
+    assert stages == ["seeds", "generate", "clean", "judge", "best_of_k", "top_fraction", "preference_pairs"]
     assert (gen["rows_in"], gen["kept"]) == (4, 12)
 
     stats = subprocess.run(

@@ -172,9 +172,9 @@ def test_run_exports_as_a_dataset(round_1, tmp_path):
 
 def test_top_fraction_keeps_the_best_prompts(prompts_file, rm_dir, tmp_path):
     run = run_sample(config(prompts_file, rm_dir, tmp_path / "r", top_fraction=0.3), engine=scripted(ROUND_1))
-    assert run.store.get_meta("outputs")["sft"] == ["top_quartile"]
+    assert run.store.get_meta("outputs")["sft"] == ["top_fraction"]
     best = run.store.records("best_of_k", kept=True)
-    top = run.store.records("top_quartile", kept=True)
+    top = run.store.records("top_fraction", kept=True)
     assert [r.id for r in top] == [max(best, key=lambda r: r.scores["rm"]).id]
     run.close()
 
@@ -289,7 +289,7 @@ def test_cli_on_a_tiny_policy(prompts_file, rm_dir, tok, tmp_path):
     assert (config["k"], config["model"], config["top_fraction"]) == (2, str(policy), 0.5)
     samples = store.records("sample")
     assert len(samples) == 6 and {r.provenance.engine for r in samples} == {"hf"}
-    assert store.get_meta("outputs")["sft"] == ["top_quartile"]
+    assert store.get_meta("outputs")["sft"] == ["top_fraction"]
     store.close()
     export(out, tmp_path / "ds")
 

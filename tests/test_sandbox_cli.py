@@ -67,3 +67,39 @@ def test_unknown_extension_is_a_usage_error(tmp_path: Path) -> None:
 def test_check_reports_the_local_backend() -> None:
     result = runner.invoke(app, ["check"])
     assert result.exit_code == 0 and "local: available" in result.output
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf", "-1", "0", "1e9"])
+def test_bad_timeout_is_a_one_line_error_with_the_range(tmp_path: Path, value: str) -> None:
+    script = tmp_path / "hi.py"
+    script.write_text("print('hi')")
+    result = runner.invoke(app, ["run", str(script), "--timeout", value, "--unsafe-no-isolation"])
+    assert result.exit_code == 2, result.output  # a usage error, not a traceback
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --timeout must be") and "(0, 86400]" in lines[0]
+
+
+def test_bad_memory_is_a_one_line_error(tmp_path: Path) -> None:
+    script = tmp_path / "hi.py"
+    script.write_text("print('hi')")
+    result = runner.invoke(app, ["run", str(script), "--memory", "0", "--unsafe-no-isolation"])
+    assert result.exit_code == 2 and result.output.strip().startswith("error: --memory must be in [1, ")
+
+
+@needs_bwrap
+@pytest.mark.parametrize(
+    ("name", "source", "expected"),
+    [
+        ("-x.py", "print('dash')\n", "dash\n"),
+        ("-x.js", "console.log('dash');\n", "dash\n"),
+        ("-x.php", "<?php echo 'dash';\n", "dash"),
+    ],
+)
+def test_a_file_named_like_an_option_runs(tmp_path: Path, monkeypatch, name, source, expected) -> None:
+    if name.endswith(".php") and shutil.which("php") is None:
+        pytest.skip("php-cli not installed")
+    (tmp_path / name).write_text(source)
+    monkeypatch.chdir(tmp_path)
+    for args in (["--", name], [f"./{name}"], [str(tmp_path / name)]):
+        data = invoke(*args)
+        assert (data["status"], data["stdout"]) == ("ok", expected), (args, data["stderr"])

@@ -2,8 +2,6 @@ import pytest
 
 from synth.prompts import load_prompt
 from synth.records import SFTRecord
-from synth.stages import cleaning
-from synth.stages.cleaning import clean, first_violation
 from synth.stages.judge import JudgeStage, parse_judgement, question_answer
 from synth.stages.select import (
     best_of_k,
@@ -23,39 +21,6 @@ def cand(pid, j, text, score=None, finish="stop"):
     if score is not None:
         r.scores["judge"] = score
     return r
-
-
-@pytest.mark.parametrize(
-    "rule, bad, good",
-    [
-        (cleaning.overused_emoji, "Great 😀😀 job 🎉🎉 wow", "Great job 😀"),
-        (cleaning.excess_exclamation, "Wow! Amazing! Great! Super!", "Wow! Nice. Also `a != b`!"),
-        (cleaning.apologetic_opening, "I'm sorry, but I cannot help.", "Sure. I am not sorry at all."),
-        (cleaning.apologetic_opening, "I apologize for the confusion.", "The apology came later."),
-        (cleaning.empty, "   \n", "ok"),
-    ],
-)
-def test_each_rule_rejects_bad_and_keeps_good(rule, bad, good):
-    assert rule(bad, {}) is not None
-    assert rule(good, {}) is None
-
-
-def test_exclamations_inside_code_do_not_count():
-    text = "Here:\n```python\nif a != b: print('hi!!!!!')\n```\nDone!"
-    assert cleaning.excess_exclamation(text, {}) is None
-
-
-def test_truncated_uses_finish_reason():
-    assert cleaning.truncated("half a sent", {"finish_reason": "length", "completion_tokens": 9})
-    assert cleaning.truncated("done.", {"finish_reason": "stop"}) is None
-
-
-def test_clean_records_reason_is_the_first_rule_broken():
-    recs = [cand("a", 0, "Fine answer."), cand("a", 1, "Sorry!!!! 😀😀😀😀", finish="length")]
-    out = clean(recs)
-    assert out[0].kept
-    assert not out[1].kept and out[1].verdicts[-1].reason == "truncated"
-    assert first_violation("Sorry!!!! 😀😀😀😀", {})[0] == "overused_emoji"
 
 
 @pytest.mark.parametrize(
@@ -103,13 +68,23 @@ def test_quantile_matches_numpy_linear():
     assert quantile([5], 0.75) == 5
 
 
-def test_top_quartile_keeps_ties_and_rejects_rest():
+def test_top_fraction_keeps_ties_and_rejects_rest():
     recs = [cand(str(i), 0, "t", s) for i, s in enumerate([1, 2, 3, 4, 5, 6, 7, 8])]
     top_quantile(recs, "judge", 0.25)
+    assert {v.stage for r in recs for v in r.verdicts} == {"top_fraction"}
     assert [r.scores["judge"] for r in recs if r.kept] == [7, 8]
     assert all(r.verdicts[-1].reason == "below_top_quantile" for r in recs if not r.kept)
     ties = [cand(str(i), 0, "t", 4) for i in range(4)]
     assert all(r.kept for r in top_quantile(ties, "judge"))
+
+
+def test_top_fraction_stage_is_named_for_what_it_does():
+    """It keeps whatever fraction it is given (the demo asks 0.5): not 'top_quartile'."""
+    from synth.stages.select import TopFraction
+
+    assert TopFraction("judge", 0.5).name == "top_fraction"
+    half = [cand(str(i), 0, "t", s) for i, s in enumerate([1, 2, 3, 4])]
+    assert [r.kept for r in top_quantile(half, "judge", 0.5)] == [False, False, True, True]
 
 
 def test_preference_pairs_best_vs_worst():

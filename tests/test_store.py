@@ -73,10 +73,22 @@ def test_map_resumes_without_redoing_finished_batches(tmp_path):
     assert (f["stage"], f["rows_in"], f["kept"], f["rejected"], f["done"]) == ("gen", 7, 7, 0, True)
 
 
-def test_resume_with_other_config_is_refused(tmp_path):
-    Run(tmp_path, config={"k": 4}).close()
-    with pytest.raises(ValueError, match=r"different configuration \(changed: k\)"):
-        Run(tmp_path, config={"k": 5})
+def test_resume_with_other_config_is_refused_naming_old_and_new_values(tmp_path):
+    run = Run(tmp_path, config={"k": 4, "model": "a", "url": "x"}, neutral=["url"])
+    run.map(Stage("gen", lambda b: b), run.source("in", [prompt(0)]))
+    run.close()
+    with pytest.raises(ValueError, match=r"different configuration \(k: 4 -> 5; model: \"a\" -> \"b\"\)"):
+        Run(tmp_path, config={"k": 5, "model": "b", "url": "x"}, neutral=["url"])
+    Run(tmp_path, config={"k": 4, "model": "a", "url": "y"}, neutral=["url"]).close()  # url changes no row
+
+
+def test_a_run_that_wrote_no_row_blocks_no_other_configuration(tmp_path):
+    run = Run(tmp_path, config={"k": 4})
+    run.source("in", [prompt(0), prompt(1)])  # its source only: read again by any run
+    run.close()
+    run = Run(tmp_path, config={"k": 5})  # replaced, not refused
+    assert run.store.get_meta("config") == {"k": 5} and run.store.funnel() == []
+    run.close()
 
 
 def test_funnel_counts_reasons(tmp_path):

@@ -29,8 +29,8 @@ FLAGS = {
     "max_steps": "--max-steps",
     "gradient_checkpointing": "--gradient-checkpointing / --no-gradient-checkpointing",
     "deepspeed": "--deepspeed", "logging_steps": "--logging-steps", "seed": "--seed",
-    "margin": "--margin / --no-margin", "concat": "--concat / --no-concat",
-    "keep_marginal": "--keep-marginal / --no-keep-marginal", "beta": "--beta", "nll_weight": "--nll-weight",
+    "margin": "--margin", "concat": "--concat / --no-concat",
+    "drop_strengths": "--drop-strengths", "beta": "--beta", "nll_weight": "--nll-weight",
 }  # fmt: skip
 
 
@@ -45,9 +45,9 @@ def test_help_lists_every_option_with_help_and_default(kind):
     text = " ".join(result.output.split())  # help wraps at word boundaries
     fields = dataclasses.fields(OPTIONS[kind])
     extra = {
-        "rm": {"margin", "concat", "keep_marginal"},
+        "rm": {"margin", "concat", "drop_strengths"},
         "sft": set(),
-        "dpo": {"beta", "nll_weight", "keep_marginal"},
+        "dpo": {"beta", "nll_weight", "drop_strengths"},
     }
     assert {f.name for f in fields} == set(list(FLAGS)[:13]) | extra[kind]
     for f in fields:
@@ -55,11 +55,18 @@ def test_help_lists_every_option_with_help_and_default(kind):
         assert f.metadata["help"] in text, f.name
         if f.default is dataclasses.MISSING:
             assert f"{f.metadata['help']} [required" in text
+        elif isinstance(f.default, tuple):
+            assert f"[default: {','.join(f.default)}]" in text, f.name
         elif f.default is not None:
             assert f"[default: {f.default}]" in text, f.name
     for flag in ("--config FILE", "--set KEY=VALUE"):
         assert flag in text
     assert "Range: (0, 1]. [default: 1e-05]" in text  # --lr
+    if kind == "dpo":  # Llama 3: DPO on "significantly better" and "better" pairs only
+        assert "[default: slightly_better,marginally_better]" in text
+    if kind == "rm":  # Llama 3: no margin term; Llama 2's two settings named as the paper names them
+        assert "One of: none, small, large. [default: none]" in text
+        assert "small (Llama 2: 1, 0.66, 0.33, 0)" in text and "large (Llama 2: 3, 2, 1, 0)" in text
 
 
 @pytest.mark.parametrize(
@@ -107,12 +114,12 @@ def test_build_from_yaml_and_set(tmp_path):
 
 
 def test_recipe_extras_match_the_recipe_configs():
-    rm = RMOptions(data="d", out="o", margin=False, concat=True)
+    rm = RMOptions(data="d", out="o", margin="small", concat=True)
     _, _, _, config = rm.recipe_call()
-    assert config["use_margin"] is False and config["concat_responses"] is True
+    assert config["margin"] == "small" and config["concat_responses"] is True
     assert config["drop_strengths"] == ("marginally_better",)
-    assert RMOptions(data="d", out="o", keep_marginal=True).recipe_config()["drop_strengths"] == ()
-    dpo = DPOOptions(data="d", out="o", beta=0.3, nll_weight=0.0, keep_marginal=True, deepspeed="z.json")
+    assert RMOptions(data="d", out="o", drop_strengths=()).recipe_config()["drop_strengths"] == ()
+    dpo = DPOOptions(data="d", out="o", beta=0.3, nll_weight=0.0, drop_strengths=(), deepspeed="z.json")
     config = dpo.recipe_config()
     assert (config["beta"], config["nll_weight"], config["drop_strengths"]) == (0.3, 0.0, ())
     assert config["deepspeed"] == "z.json"
@@ -124,12 +131,37 @@ def test_recipe_extras_match_the_recipe_configs():
         assert set(opts.recipe_config()) <= {f.name for f in dataclasses.fields(cls)}
 
 
+def test_llama3_defaults_no_rm_margin_and_dpo_on_clear_preferences():
+    from train.config import DPOConfig, RMConfig
+
+    rm = RMOptions(data="d", out="o").recipe_config()
+    assert rm["margin"] == "none" and rm["drop_strengths"] == ("marginally_better",)
+    dpo = DPOOptions(data="d", out="o").recipe_config()
+    assert dpo["drop_strengths"] == ("slightly_better", "marginally_better")
+    assert DPOConfig(output_dir="o").drop_strengths == ("slightly_better", "marginally_better")
+    assert RMConfig(output_dir="o").margin_table() is None
+    assert RMConfig(output_dir="o", margin="small").margin_table() == pytest.approx(
+        {"significantly_better": 1.0, "better": 2 / 3, "slightly_better": 1 / 3, "marginally_better": 0.0}
+    )
+    assert RMConfig(output_dir="o", margin="large").margin_table() == {
+        "significantly_better": 3.0, "better": 2.0, "slightly_better": 1.0, "marginally_better": 0.0,
+    }  # fmt: skip
+    # the choice stays an option: from the command line, YAML or --set
+    opts = build(DPOOptions, {"data": "d", "out": "o"}, parse_sets(["drop_strengths=marginally_better"]))
+    assert opts.recipe_config()["drop_strengths"] == ("marginally_better",)
+    assert build(RMOptions, {"data": "d", "out": "o", "margin": "large"}).recipe_config()["margin"] == "large"
+    with pytest.raises(ConfigError, match="margin must be one of none, small, large"):
+        build(RMOptions, {"data": "d", "out": "o", "margin": "huge"})
+    with pytest.raises(ConfigError, match=r"unknown strength\(s\) \['meh'\]"):
+        build(DPOOptions, {"data": "d", "out": "o", "drop_strengths": "better,meh"})
+
+
 def test_cli_config_file_and_set_reach_run_recipe(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(train, "run_recipe", lambda *a, **k: calls.append((a, k)) or {})
     path = tmp_path / "dpo.yaml"
     path.write_text(f"data: {tmp_path}/export\nout: {tmp_path}/dpo\nmax_steps: 1\nbeta: 0.5\nseed: 7\n")
-    result = runner.invoke(group, ["dpo", "--config", str(path), "--beta", "0.25", "--keep-marginal",
+    result = runner.invoke(group, ["dpo", "--config", str(path), "--beta", "0.25", "--drop-strengths", "",
                                    "--set", "seed=3"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert f"saved to {tmp_path}/dpo" in result.output
@@ -185,7 +217,7 @@ def check_outputs(out, kind):
 
 @pytest.mark.parametrize("kind", ["rm", "sft", "dpo"])
 def test_cli_tiny_model(data, tiny, tmp_path, kind):
-    extra = {"rm": ["--concat", "--no-margin"], "sft": [], "dpo": ["--beta", 0.2]}[kind]
+    extra = {"rm": ["--concat", "--margin", "large"], "sft": [], "dpo": ["--beta", 0.2]}[kind]
     out = tmp_path / kind
     invoke(kind, "--data", data, "--out", out, "--model", tiny, "--max-steps", 2,
            "--batch-size", 2, "--logging-steps", 1, *extra)  # fmt: skip

@@ -10,7 +10,7 @@ import torch
 
 from synth.chat import encode
 from train.config import DPOConfig, RMConfig, SFTConfig
-from train.dpo import DPOCollator, DPOTrainer, pair_logps
+from train.dpo import REF_MODEL, DPOCollator, DPOTrainer, pair_logps, reference_fingerprint
 from train.losses import bradley_terry_loss, dpo_loss, length_normalised_nll
 from train.rm import RewardCollator, RMTrainer, sequence_rewards
 from train.sft import PackedSFTCollator, SFTTrainer
@@ -52,32 +52,42 @@ def test_bradley_terry_margin_by_hand():
     assert bradley_terry_loss(rc, rr).item() == pytest.approx((nls(1.0) + nls(-0.5)) / 2)
 
 
-def test_rm_trainer_applies_strength_margin(tok, tmp_path):
-    rows = toy_preference_rows(2, edited_every=0)  # strengths: significantly_better, better
+@pytest.mark.parametrize(
+    "margin, margins",
+    [
+        ("none", [0.0, 0.0, 0.0]),
+        ("small", [1.0, 2 / 3, 1 / 3]),
+        ("large", [3.0, 2.0, 1.0]),
+        (None, [0.0] * 3),
+    ],
+)
+def test_rm_trainer_applies_strength_margin(tok, tmp_path, margin, margins):
+    """Llama 3: no margin by default (None: the default config); Llama 2's small and large tables."""
+    rows = toy_preference_rows(3, edited_every=0)  # significantly_better, better, slightly_better
     model = tiny_reward_model(tok).eval()
-    for use_margin, margins in ((True, [1.0, 0.66]), (False, [0.0, 0.0])):
-        args = config(RMConfig, tmp_path, use_margin=use_margin)
-        trainer = RMTrainer(model, args, datasets.Dataset.from_list(rows), tok)
-        batch = RewardCollator()(list(trainer.train_dataset))
-        with torch.no_grad():
-            r = sequence_rewards(model, batch).tolist()  # [c0, r0, c1, r1]
-            loss = trainer.compute_loss(model, batch).item()
-        expected = (nls(r[0] - r[1] - margins[0]) + nls(r[2] - r[3] - margins[1])) / 2
-        assert loss == pytest.approx(expected, rel=1e-5)
+    args = config(RMConfig, tmp_path, **({"margin": margin} if margin else {}))
+    trainer = RMTrainer(model, args, datasets.Dataset.from_list(rows), tok)
+    batch = RewardCollator()(list(trainer.train_dataset))
+    with torch.no_grad():
+        r = sequence_rewards(model, batch).tolist()  # [c0, r0, c1, r1, c2, r2]
+        loss = trainer.compute_loss(model, batch).item()
+    expected = sum(nls(r[2 * i] - r[2 * i + 1] - margins[i]) for i in range(3)) / 3
+    assert loss == pytest.approx(expected, rel=1e-5)
 
 
 def test_rm_three_responses_train_on_all_pairs(tok, tmp_path):
     rows = toy_preference_rows(2, edited_every=1)[1:]  # edited + chosen + rejected, "better"
     model = tiny_reward_model(tok).eval()
-    trainer = RMTrainer(model, config(RMConfig, tmp_path), datasets.Dataset.from_list(rows), tok)
+    args = config(RMConfig, tmp_path, margin="small")
+    trainer = RMTrainer(model, args, datasets.Dataset.from_list(rows), tok)
     row = trainer.train_dataset[0]
     assert row["pair_label"] == ["edited>chosen", "edited>rejected", "chosen>rejected"]
-    assert row["pair_margin"] == pytest.approx([0.0, 0.66, 0.66])
+    assert row["pair_margin"] == pytest.approx([0.0, 2 / 3, 2 / 3])
     batch = RewardCollator()(list(trainer.train_dataset))
     with torch.no_grad():
         e, c, r = sequence_rewards(model, batch).tolist()
         loss = trainer.compute_loss(model, batch).item()
-    expected = (nls(e - c) + nls(e - r - 0.66) + nls(c - r - 0.66)) / 3
+    expected = (nls(e - c) + nls(e - r - 2 / 3) + nls(c - r - 2 / 3)) / 3
     assert loss == pytest.approx(expected, rel=1e-5)
 
 
@@ -125,6 +135,8 @@ def test_dpo_loss_masks_formatting_and_adds_nll(tok, tmp_path):
     rows[1]["ref_chosen_logps"], rows[1]["ref_rejected_logps"] = -35.0, -25.0
     model = tiny_causal_lm(tok).eval()
     args = config(DPOConfig, tmp_path, beta=0.1, nll_weight=0.2)
+    for row in rows:  # computed by this very reference, as its fingerprint records
+        row[REF_MODEL] = reference_fingerprint(model, tok, args)
     trainer = DPOTrainer(model, args, datasets.Dataset.from_list(rows), tok)
     assert trainer.train_dataset["ref_chosen_logps"] == [-40.0, -35.0]  # cached, not recomputed
 
@@ -157,7 +169,8 @@ def test_dpo_reference_pass_is_the_initial_policy(tok, tmp_path):
     model = tiny_causal_lm(tok)
     trainer = DPOTrainer(model, config(DPOConfig, tmp_path), datasets.Dataset.from_list(rows), tok)
     data = list(trainer.train_dataset)
-    assert len(data) == 4  # the marginally_better row is dropped
+    assert len(data) == 3  # Llama 3: the slightly_better and marginally_better rows are dropped
+    assert [r["strength"] for r in toy_preference_rows(5)][2:4] == ["slightly_better", "marginally_better"]
     batch = DPOCollator()(data)
     with torch.no_grad():
         out = pair_logps(model.eval(), batch)
@@ -166,6 +179,33 @@ def test_dpo_reference_pass_is_the_initial_policy(tok, tmp_path):
     torch.testing.assert_close(out["rejected"], batch["ref_rejected_logps"])
     nll = length_normalised_nll(out["chosen"], out["chosen_tokens"]).item()
     assert loss == pytest.approx(math.log(2) + 0.2 * nll, rel=1e-5)  # policy == reference
+
+
+def test_dpo_recomputes_reference_logps_of_another_or_unknown_model(tok, tmp_path):
+    """Cached ref_* columns are used only when their recorded fingerprint is this reference's."""
+    rows = toy_preference_rows(2, edited_every=0)
+    model = tiny_causal_lm(tok).eval()
+    args = config(DPOConfig, tmp_path)
+    mine = reference_fingerprint(model, tok, args)
+    other = reference_fingerprint(tiny_causal_lm(tok, seed=1), tok, args)
+    assert mine.startswith("sha256:") and other != mine
+    assert reference_fingerprint(model, tok, config(DPOConfig, tmp_path, max_length=64)) != mine
+    assert reference_fingerprint(model, tok, args) == mine  # deterministic
+    with torch.no_grad():
+        true = pair_logps(
+            model, DPOCollator()(list(DPOTrainer.tokenize(datasets.Dataset.from_list(rows), tok, args)))
+        )
+    stale = [{**r, "ref_chosen_logps": -40.0, "ref_rejected_logps": -20.0} for r in rows]
+    for recorded, kept in ((None, False), (other, False), (mine, True)):
+        given = [{**r, REF_MODEL: recorded} for r in stale] if recorded else stale
+        trainer = DPOTrainer(model, args, datasets.Dataset.from_list(given), tok)
+        ds = trainer.train_dataset
+        assert ds[REF_MODEL] == [mine, mine]  # recorded with the columns
+        if kept:
+            assert ds["ref_chosen_logps"] == [-40.0, -40.0]
+        else:
+            torch.testing.assert_close(torch.tensor(ds["ref_chosen_logps"]), true["chosen"])
+            torch.testing.assert_close(torch.tensor(ds["ref_rejected_logps"]), true["rejected"])
 
 
 def test_dpo_loss_function_by_hand():

@@ -11,6 +11,23 @@ from typing import Any
 
 RECIPES = ("rm", "sft", "dpo")
 
+# Llama 2's two margin settings by preference strength (Touvron et al. 2023, table 28). Llama 3
+# removes the margin term, so the reward model trains without one unless asked (``margin``).
+LLAMA2_MARGINS: dict[str, dict[str, float]] = {
+    "small": {
+        "significantly_better": 1.0,
+        "better": 2 / 3,
+        "slightly_better": 1 / 3,
+        "marginally_better": 0.0,
+    },
+    "large": {"significantly_better": 3.0, "better": 2.0, "slightly_better": 1.0, "marginally_better": 0.0},
+}
+MARGIN_CHOICES = ("none", *LLAMA2_MARGINS)
+# Llama 3 trains the reward model on every strength but "similar responses" (marginally better), and
+# DPO only on "significantly better" and "better" pairs.
+RM_DROP_STRENGTHS = ("marginally_better",)
+DPO_DROP_STRENGTHS = ("slightly_better", "marginally_better")
+
 
 def run_recipe(kind: str, data: str, model: str | None, **config: Any) -> dict:
     """Train ``kind`` on ``data`` with its config built from ``config`` (TrainingArguments fields plus

@@ -9,6 +9,11 @@ generation files are copied from the first checkpoint, and ``average.json`` reco
 weights. Tied weights: a tensor that only some checkpoints store and that equals another tensor of its
 checkpoint (e.g. ``lm_head.weight`` saved next to the embedding it is tied to) is a duplicate and is
 left out, as ``save_pretrained`` does. Integer tensors (buffers) must be equal and are copied.
+
+Every problem is an :class:`AverageError` (one line) raised before the output folder appears: a
+corrupt safetensors file, an index that is not JSON or names a shard that is missing or lacks the
+tensor, and a NaN or infinite weight in an input (averaging would spread it; ``allow_nan`` averages
+anyway).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 SINGLE = "model.safetensors"
@@ -40,30 +45,60 @@ class Checkpoint:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._files: dict[str, object] = {}
         if (self.path / INDEX).is_file():
-            index = json.loads((self.path / INDEX).read_text(encoding="utf-8"))
-            self.weight_map: dict[str, str] = dict(index["weight_map"])
+            self.weight_map: dict[str, str] = self._read_index()
+            for name in sorted(set(self.weight_map.values())):
+                keys = set(self._file(name).keys())
+                absent = sorted(k for k, shard in self.weight_map.items() if shard == name and k not in keys)
+                if absent:
+                    raise AverageError(
+                        f"{self.path / INDEX}: shard {name} lacks {absent[:3]} it is said to hold"
+                    )
         elif (self.path / SINGLE).is_file():
-            with safe_open(self.path / SINGLE, framework="pt") as f:
-                self.weight_map = dict.fromkeys(f.keys(), SINGLE)
+            self.weight_map = dict.fromkeys(self._file(SINGLE).keys(), SINGLE)
         elif self.path.is_dir():
             raise AverageError(f"{self.path}: no {SINGLE} or {INDEX} (only safetensors checkpoints are read)")
         else:
             raise AverageError(f"{self.path}: not a checkpoint folder")
-        self._files: dict[str, object] = {}
         config = self.path / "config.json"
-        self.config = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
+        try:
+            self.config = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise AverageError(f"{config}: not valid JSON ({err})") from None
+
+    def _read_index(self) -> dict[str, str]:
+        path = self.path / INDEX
+        try:
+            index = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise AverageError(f"{path}: not valid JSON ({err})") from None
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+        ):
+            raise AverageError(f"{path}: no 'weight_map' of tensor name -> shard file")
+        for name in sorted(set(weight_map.values())):
+            if Path(name).name != name or not (self.path / name).is_file():
+                raise AverageError(f"{path}: names shard {name!r}, which is not in {self.path}")
+        return dict(weight_map)
 
     def _file(self, name: str):
         if name not in self._files:
-            self._files[name] = safe_open(self.path / name, framework="pt")  # memory-mapped
+            try:
+                self._files[name] = safe_open(self.path / name, framework="pt")  # memory-mapped
+            except (SafetensorError, OSError) as err:
+                raise AverageError(f"{self.path / name}: not a readable safetensors file ({err})") from None
         return self._files[name]
 
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self._file(self.weight_map[key]).get_slice(key).get_shape())
 
     def tensor(self, key: str) -> torch.Tensor:
-        return self._file(self.weight_map[key]).get_tensor(key)
+        try:
+            return self._file(self.weight_map[key]).get_tensor(key)
+        except (SafetensorError, OSError) as err:
+            raise AverageError(f"{self.path / self.weight_map[key]}: cannot read '{key}' ({err})") from None
 
 
 def parse_weights(text: str | None, n: int) -> list[float] | None:
@@ -132,7 +167,7 @@ def _common_keys(ckpts: list[Checkpoint]) -> set[str]:
     return common
 
 
-def _mean(ckpts: list[Checkpoint], weights: list[float], key: str) -> torch.Tensor:
+def _mean(ckpts: list[Checkpoint], weights: list[float], key: str, allow_nan: bool = False) -> torch.Tensor:
     first = ckpts[0].tensor(key)
     if not (first.is_floating_point() or first.is_complex()):
         for c in ckpts[1:]:
@@ -141,7 +176,13 @@ def _mean(ckpts: list[Checkpoint], weights: list[float], key: str) -> torch.Tens
         return first.clone()
     acc = torch.zeros(first.shape, dtype=torch.float32 if first.is_floating_point() else torch.complex64)
     for c, w in zip(ckpts, weights, strict=True):
-        acc.add_(c.tensor(key).to(acc.dtype), alpha=w)
+        t = c.tensor(key)
+        if not allow_nan and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise AverageError(
+                f"{c.path}: '{key}' has {bad} NaN/inf value(s); a broken run? (--allow-nan averages anyway)"
+            )
+        acc.add_(t.to(acc.dtype), alpha=w)
     return acc.to(first.dtype).contiguous()
 
 
@@ -152,12 +193,17 @@ def _copy_side_files(src: Path, dst: Path) -> None:
 
 
 def average_checkpoints(
-    paths: Sequence[str | Path], out: str | Path, weights: Sequence[float] | None = None
+    paths: Sequence[str | Path],
+    out: str | Path,
+    weights: Sequence[float] | None = None,
+    allow_nan: bool = False,
 ) -> Path:
     """Write the (weighted) mean of ``paths`` to ``out``; returns ``out``.
 
     ``weights`` (one per checkpoint, non-negative) are normalised to sum to 1; None means uniform.
-    Raises ``AverageError`` when the checkpoints differ in architecture, parameter names or shapes.
+    Raises ``AverageError`` when the checkpoints differ in architecture, parameter names or shapes,
+    cannot be read, or (unless ``allow_nan``) hold a NaN or infinite weight; ``out`` is then not
+    created.
     """
     if len(paths) < 2:
         raise AverageError("averaging needs at least two checkpoints")
@@ -181,7 +227,7 @@ def average_checkpoints(
             shards.setdefault(ckpts[0].weight_map[key], []).append(key)
         weight_map, total = {}, 0
         for name in sorted(shards):
-            tensors = {k: _mean(ckpts, w, k) for k in shards[name]}
+            tensors = {k: _mean(ckpts, w, k, allow_nan) for k in shards[name]}
             save_file(tensors, str(tmp / name), metadata={"format": "pt"})
             total += sum(t.numel() * t.element_size() for t in tensors.values())
             weight_map.update(dict.fromkeys(tensors, name))

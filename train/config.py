@@ -1,7 +1,8 @@
 """Trainer configs: ``TrainingArguments`` plus each recipe's own knobs, TRL style.
 
-Defaults follow Llama 3 where it says (lr 1e-5, DPO beta 0.1, NLL weight 0.2) and are set for a
-single machine: TensorBoard logging under ``<output_dir>/runs``, no intermediate checkpoints, bf16
+Defaults follow Llama 3 where it says (lr 1e-5, DPO beta 0.1, NLL weight 0.2, no margin term in the
+reward model's loss, DPO on "significantly better" and "better" pairs only) and are set for a single
+machine: TensorBoard logging under ``<output_dir>/runs``, no intermediate checkpoints, bf16
 whenever CUDA supports it. Multi-GPU: ``accelerate launch -m train.cli ...`` with
 ``--deepspeed train/configs/zero2.json`` (or zero3.json) fills ``TrainingArguments.deepspeed``.
 """
@@ -13,13 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
-# Llama 2's margins by preference strength (Touvron et al. 2023, table 28, "large" setting).
-DEFAULT_MARGINS = {
-    "significantly_better": 1.0,
-    "better": 0.66,
-    "slightly_better": 0.33,
-    "marginally_better": 0.0,
-}
+from train import DPO_DROP_STRENGTHS, LLAMA2_MARGINS, MARGIN_CHOICES, RM_DROP_STRENGTHS
 
 
 def bf16_available() -> bool:
@@ -47,11 +42,17 @@ class TrainConfig(TrainingArguments):
 
 @dataclass
 class RMConfig(TrainConfig):
-    """Reward model: Bradley-Terry loss with Llama 2 margins, Llama 3 multi-response rows."""
+    """Reward model: Bradley-Terry loss (Llama 3: no margin; Llama 2's as an option), Llama 3
+    multi-response rows."""
 
-    use_margin: bool = True
-    margins: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MARGINS))
-    drop_strengths: tuple[str, ...] = ("marginally_better",)
+    margin: str = field(
+        default="none",
+        metadata={"help": "Margin by strength: none (Llama 3), small or large (Llama 2, table 28)."},
+    )
+    margins: dict[str, float] | None = field(
+        default=None, metadata={"help": "An explicit margin per strength; replaces `margin`'s table."}
+    )
+    drop_strengths: tuple[str, ...] = RM_DROP_STRENGTHS
     concat_responses: bool = field(
         default=False,
         metadata={"help": "Llama 3: one forward per row over prompt + all ranked responses."},
@@ -59,6 +60,17 @@ class RMConfig(TrainConfig):
     eval_fraction: float = field(
         default=0.1, metadata={"help": "Held out for accuracy when the data has no test split."}
     )
+
+    def __post_init__(self):
+        if self.margin not in MARGIN_CHOICES:
+            raise ValueError(f"margin must be one of {', '.join(MARGIN_CHOICES)}, got {self.margin!r}")
+        super().__post_init__()
+
+    def margin_table(self) -> dict[str, float] | None:
+        """The margin per strength the loss subtracts, or None (no margin term)."""
+        if self.margins is not None:
+            return dict(self.margins)
+        return None if self.margin == "none" else dict(LLAMA2_MARGINS[self.margin])
 
 
 @dataclass
@@ -78,4 +90,4 @@ class DPOConfig(TrainConfig):
     use_edited: bool = field(
         default=True, metadata={"help": "Use the edited response as chosen when a row has one."}
     )
-    drop_strengths: tuple[str, ...] = ("marginally_better",)
+    drop_strengths: tuple[str, ...] = DPO_DROP_STRENGTHS

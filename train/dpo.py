@@ -8,11 +8,15 @@
   same masked tokens. TRL spells this ``loss_type=["sigmoid", "sft"]`` with ``loss_weights``.
 * Reference: the reference model is the initial policy, so its log-probs are computed in one
   no-grad pass before training and stored in the dataset as ``ref_chosen_logps`` /
-  ``ref_rejected_logps`` (a dataset that already has them skips the pass). No second model is
-  held in memory and every step is one forward of the policy over chosen and rejected packed in
-  one row. (Under DeepSpeed each process computes the whole pass before sharding starts.)
-* Rows: best response (edited when present and ``use_edited``, else chosen) vs rejected;
-  marginally-better rows dropped by default, like the reward model.
+  ``ref_rejected_logps``, with ``ref_model``: the fingerprint of what they were computed with
+  (:func:`reference_fingerprint`: a hash of the reference's weights, the chat template, max_length,
+  use_edited and the precision). A dataset that already has the columns skips the pass only when
+  every row's ``ref_model`` is this run's fingerprint; otherwise (another model, or no record of
+  one) the pass runs again. No second model is held in memory and every step is one forward of
+  the policy over chosen and rejected packed in one row. (Under DeepSpeed each process computes
+  the whole pass before sharding starts.)
+* Rows: best response (edited when present and ``use_edited``, else chosen) vs rejected; only
+  "significantly better" and "better" pairs by default, as Llama 3 (``drop_strengths``).
 
 GPU: bf16 when supported, ``--gradient-checkpointing``, ``--deepspeed train/configs/zero2.json``
 under ``accelerate launch``.
@@ -20,6 +24,8 @@ under ``accelerate launch``.
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -30,13 +36,33 @@ from transformers import AutoModelForCausalLM, Trainer
 
 from synth.chat import encode
 from synth.engines.embedded import resolve_model
-from train.common import console, load_tokenizer, pin_tensorboard_dir, write_metrics
+from train.common import check_model, console, load_tokenizer, pin_tensorboard_dir, write_metrics
 from train.config import DPOConfig
-from train.data import DatasetError, keep_strengths, load_splits, validate_preference
+from train.data import DatasetError, kept_or_fail, load_splits, validate_preference
 from train.losses import dpo_loss, length_normalised_nll, packed_target_logps
 from train.packing import pack
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+REF_MODEL = "ref_model"  # the fingerprint of what computed REF_COLUMNS
+
+
+@torch.no_grad()
+def reference_fingerprint(model, tokenizer, args: DPOConfig) -> str:
+    """What cached reference log-probs depend on, hashed: every weight of the reference (the initial
+    policy; names, dtypes, shapes and bytes), the chat template and vocabulary size, and the
+    settings that change the pairs' tokens or the pass's precision. One pass over the weights,
+    far cheaper than the reference pass it may save."""
+    state = model.state_dict()
+    if any(t.numel() == 0 for t in state.values()):  # partitioned (ZeRO-3): weights not at hand
+        return f"unverifiable:{uuid.uuid4().hex}"  # matches no cache: the pass runs again
+    h = hashlib.sha256()
+    settings = (args.max_length, args.use_edited, bool(args.bf16), bool(args.fp16))
+    h.update(f"{tokenizer.chat_template}|{len(tokenizer)}|{settings}".encode())
+    for name, tensor in sorted(state.items()):
+        t = tensor.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"|{name}:{t.dtype}:{tuple(tensor.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy())
+    return "sha256:" + h.hexdigest()
 
 
 def tokenize_row(row: dict, tokenizer, max_length: int, use_edited: bool) -> dict:
@@ -93,18 +119,14 @@ class DPOTrainer(Trainer):
         )
         pin_tensorboard_dir(self)
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
-        if not set(REF_COLUMNS) <= set(self.train_dataset.column_names):
-            self.train_dataset = self.add_reference_logps(self.train_dataset)
+        self.ref_fingerprint = reference_fingerprint(self.model, processing_class, args)
+        self.train_dataset = self.with_reference_logps(self.train_dataset)
 
     @staticmethod
     def tokenize(ds: datasets.Dataset, tokenizer, args: DPOConfig) -> datasets.Dataset:
         validate_preference(ds)
-        kept = keep_strengths(ds, tuple(args.drop_strengths))
-        if len(kept) == 0:
-            raise DatasetError(
-                f"no preference rows left after dropping strengths {list(args.drop_strengths)}"
-            )
-        cached = [c for c in REF_COLUMNS if c in kept.column_names]
+        kept = kept_or_fail(ds, tuple(args.drop_strengths))
+        cached = [c for c in (*REF_COLUMNS, REF_MODEL) if c in kept.column_names]
         out = kept.map(
             tokenize_row,
             fn_kwargs={
@@ -123,6 +145,18 @@ class DPOTrainer(Trainer):
                     )
         return out
 
+    def with_reference_logps(self, ds: datasets.Dataset) -> datasets.Dataset:
+        """``ds`` with reference log-probs: its own when every row records this run's reference
+        fingerprint, else computed now (stale or unrecorded columns are replaced)."""
+        columns = [c for c in (*REF_COLUMNS, REF_MODEL) if c in ds.column_names]
+        if len(columns) == 3 and set(ds[REF_MODEL]) == {self.ref_fingerprint}:
+            return ds
+        if columns:
+            why = "no record of their model" if REF_MODEL not in columns else "another reference model"
+            console.log(f"the data's reference log-probs come from {why}: computing them again")
+            ds = ds.remove_columns(columns)
+        return self.add_reference_logps(ds)
+
     @torch.no_grad()
     def add_reference_logps(self, ds: datasets.Dataset) -> datasets.Dataset:
         """One no-grad pass of the initial policy (= the reference) over every pair."""
@@ -140,7 +174,8 @@ class DPOTrainer(Trainer):
             chosen += out["chosen"].tolist()
             rejected += out["rejected"].tolist()
         model.train(was_training)
-        return ds.add_column(REF_COLUMNS[0], chosen).add_column(REF_COLUMNS[1], rejected)
+        ds = ds.add_column(REF_COLUMNS[0], chosen).add_column(REF_COLUMNS[1], rejected)
+        return ds.add_column(REF_MODEL, [self.ref_fingerprint] * len(ds))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = pair_logps(model, inputs)
@@ -174,10 +209,13 @@ class DPOTrainer(Trainer):
 
 
 def run(data: str, args: DPOConfig, model: str | None = None) -> dict:
-    """Recipe: data -> validated pairs -> policy -> reference pass -> train -> save."""
-    tokenizer = load_tokenizer(model)
+    """Recipe: model check -> data -> validated pairs -> policy -> reference pass -> train -> save.
+    Everything that can be checked without the weights is checked before they load."""
+    check_model(model)
     train, _ = load_splits(data, "preference")
     validate_preference(train)
+    kept_or_fail(train, tuple(args.drop_strengths))
+    tokenizer = load_tokenizer(model)
 
     console.log(f"DPO of {model or 'embedded'} on {len(train)} preference rows")
     policy = AutoModelForCausalLM.from_pretrained(resolve_model(model))

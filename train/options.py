@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from synth.config import Config, option
+from synth.config import Config, ConfigError, option
+from synth.records import STRENGTHS
+from train import DPO_DROP_STRENGTHS, MARGIN_CHOICES, RM_DROP_STRENGTHS
 
 # torch, transformers and datasets load in run(): `synth train --help` stays fast
 
@@ -69,26 +71,45 @@ class TrainOptions(Config):
 
 @dataclasses.dataclass(kw_only=True)
 class _PreferenceOptions(TrainOptions):
-    """What the trainers on preference rows share: which strengths they train on."""
+    """What the trainers on preference rows share: which strengths they leave out (each subclass
+    sets its Llama 3 default; an empty list trains on every row)."""
 
-    keep_marginal: bool = option(False, "Also train on 'marginally_better' rows.")
+    drop_strengths: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.drop_strengths = tuple(self.drop_strengths)
+        unknown = [s for s in self.drop_strengths if s not in STRENGTHS]
+        if unknown:
+            raise ConfigError(
+                f"drop_strengths: unknown strength(s) {unknown}; choose from {', '.join(STRENGTHS)}"
+            )
 
     def recipe_config(self) -> dict[str, Any]:
-        drop = () if self.keep_marginal else ("marginally_better",)
-        return {**super().recipe_config(), "drop_strengths": drop}
+        return {**super().recipe_config(), "drop_strengths": tuple(self.drop_strengths)}
 
 
 @dataclasses.dataclass(kw_only=True)
 class RMOptions(_PreferenceOptions):
-    """Reward model (Bradley-Terry + margin); reports held-out accuracy per strength."""
+    """Reward model (Bradley-Terry, Llama 3: no margin); reports held-out accuracy per strength."""
 
     kind: ClassVar[str] = "rm"
 
-    margin: bool = option(True, "Llama 2 margin by preference strength.")
+    drop_strengths: tuple[str, ...] = option(
+        RM_DROP_STRENGTHS,
+        "Preference strengths left out of training (Llama 3: similar responses, i.e. marginally_better; "
+        "'' keeps every row).",
+    )
+    margin: str = option(
+        "none",
+        "Margin by preference strength: none (Llama 3), small (Llama 2: 1, 0.66, 0.33, 0) or "
+        "large (Llama 2: 3, 2, 1, 0).",
+        choices=MARGIN_CHOICES,
+    )
     concat: bool = option(False, "Llama 3: one row per prompt with all its responses.")
 
     def recipe_config(self) -> dict[str, Any]:
-        return {**super().recipe_config(), "use_margin": self.margin, "concat_responses": self.concat}
+        return {**super().recipe_config(), "margin": self.margin, "concat_responses": self.concat}
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -104,6 +125,11 @@ class DPOOptions(_PreferenceOptions):
 
     kind: ClassVar[str] = "dpo"
 
+    drop_strengths: tuple[str, ...] = option(
+        DPO_DROP_STRENGTHS,
+        "Preference strengths left out of training (Llama 3 keeps only significantly_better and "
+        "better; '' keeps every row).",
+    )
     beta: float = option(0.1, "DPO temperature.", gt=0, max=100)
     nll_weight: float = option(0.2, "Weight of the chosen NLL term.", min=0, max=100)
 

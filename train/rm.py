@@ -1,7 +1,8 @@
 """Reward model: a causal LM with a scalar head, trained on ranked responses (Llama 2/3 recipe).
 
-* Loss: Bradley-Terry ``-log sigmoid(r_c - r_r - margin)`` with Llama 2's margin by preference
-  strength (``RMConfig.margins``); rows whose chosen is only marginally better are dropped.
+* Loss: Bradley-Terry ``-log sigmoid(r_c - r_r)``; Llama 3 removes Llama 2's margin term, which
+  ``RMConfig.margin`` brings back: ``small`` (1, 2/3, 1/3, 0 by strength) or ``large`` (3, 2, 1, 0),
+  Llama 2's table 28. Rows whose chosen is only marginally better (similar responses) are dropped.
 * Rows with three ranked responses (edited > chosen > rejected) train on all three pairs
   (edited>chosen with margin 0: no strength was given for it; edited>rejected and
   chosen>rejected with the row's margin). Each response is encoded once, not once per pair.
@@ -30,15 +31,9 @@ from transformers import AutoModelForSequenceClassification, Trainer
 
 from synth.chat import encode_prompt_responses
 from synth.engines.embedded import resolve_model
-from train.common import console, held_out, load_tokenizer, pin_tensorboard_dir, write_metrics
+from train.common import check_model, console, held_out, load_tokenizer, pin_tensorboard_dir, write_metrics
 from train.config import RMConfig
-from train.data import (
-    DatasetError,
-    keep_strengths,
-    load_splits,
-    responses,
-    validate_preference,
-)
+from train.data import kept_or_fail, load_splits, responses, validate_preference
 from train.losses import bradley_terry_loss
 from train.packing import shared_prompt_mask
 
@@ -138,11 +133,7 @@ class RMTrainer(Trainer):
 
     def __init__(self, model, args: RMConfig, train_dataset, processing_class, **kwargs):
         validate_preference(train_dataset)
-        kept = keep_strengths(train_dataset, tuple(args.drop_strengths))
-        if len(kept) == 0:
-            raise DatasetError(
-                f"no preference rows left after dropping strengths {list(args.drop_strengths)}"
-            )
+        kept = kept_or_fail(train_dataset, tuple(args.drop_strengths))
         self.tokenizer_ = processing_class
         train = self.tokenize(kept, args)
         super().__init__(
@@ -162,7 +153,7 @@ class RMTrainer(Trainer):
             fn_kwargs={
                 "tokenizer": self.tokenizer_,
                 "max_length": args.max_length,
-                "margins": dict(args.margins),
+                "margins": args.margin_table() or {},
             },
             remove_columns=ds.column_names,
             desc="tokenizing preference rows",
@@ -170,7 +161,7 @@ class RMTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         rewards = sequence_rewards(model, inputs)
-        margin = inputs["margins"] if self.args.use_margin else None
+        margin = inputs["margins"] if self.args.margin_table() is not None else None
         chosen, rejected = rewards[inputs["better"]], rewards[inputs["worse"]]
         loss = bradley_terry_loss(chosen, rejected, margin)
         return (loss, {"chosen": chosen, "rejected": rejected}) if return_outputs else loss
@@ -209,12 +200,14 @@ def accuracy_table(metrics: dict) -> Table:
 
 def run(data: str, args: RMConfig, model: str | None = None) -> dict:
     """Recipe: data -> validated rows -> reward model -> train -> save -> held-out accuracy."""
-    tokenizer = load_tokenizer(model)
+    check_model(model)
     train, test = load_splits(data, "preference")
     validate_preference(train)
     if test is not None:
         validate_preference(test)
     train, test = held_out(train, test, args.eval_fraction, args.seed)
+    kept_or_fail(train, tuple(args.drop_strengths))
+    tokenizer = load_tokenizer(model)
 
     console.log(f"reward model from {model or 'embedded'}; {len(train)} training rows")
     rm = AutoModelForSequenceClassification.from_pretrained(resolve_model(model), num_labels=1)

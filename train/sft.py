@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, Trainer
 
 from synth.chat import encode
 from synth.engines.embedded import resolve_model
-from train.common import console, load_tokenizer, pin_tensorboard_dir, write_metrics
+from train.common import check_model, console, load_tokenizer, pin_tensorboard_dir, write_metrics
 from train.config import SFTConfig
 from train.data import DatasetError, load_splits, validate_sft
 from train.losses import segment_logps, token_logps_at
@@ -33,7 +33,8 @@ IGNORE = -100
 
 
 def tokenize_row(row: dict, tokenizer, max_length: int) -> dict:
-    enc = encode(tokenizer, row["messages"], "sft").truncate(max_length)
+    # tool-calling rows (``sft_tools``) carry their tools: rendered natively or by the fallback
+    enc = encode(tokenizer, row["messages"], "sft", tools=row.get("tools")).truncate(max_length)
     return {"input_ids": enc.input_ids, "mask": enc.mask}
 
 
@@ -116,12 +117,14 @@ def response_logprob(model, tokenizer, messages: list[dict]) -> float:
 
 
 def run(data: str, args: SFTConfig, model: str | None = None) -> dict:
-    """Recipe: data -> validated conversations -> causal LM -> train -> save."""
-    tokenizer = load_tokenizer(model)
+    """Recipe: model check -> data -> validated conversations -> causal LM -> train -> save.
+    Everything that can be checked without the weights is checked before they load."""
+    check_model(model)
     train, test = load_splits(data, "sft")
     validate_sft(train)
     if test is not None:
         validate_sft(test)
+    tokenizer = load_tokenizer(model)
 
     console.log(f"SFT of {model or 'embedded'} on {len(train)} conversations")
     policy = AutoModelForCausalLM.from_pretrained(resolve_model(model))

@@ -30,13 +30,19 @@ def average(
         str | None,
         typer.Option(help="Comma-separated weights, one per checkpoint (e.g. 0.5,0.3,0.2); default uniform."),
     ] = None,
+    allow_nan: Annotated[
+        bool,
+        typer.Option(
+            "--allow-nan", help="Average checkpoints that hold NaN/inf weights (refused by default)."
+        ),
+    ] = False,
 ) -> None:
     """Average model weights (uniform or weighted) into a new checkpoint; config/tokenizer from the first."""
     from train.average import AverageError, average_checkpoints, normalized, parse_weights
 
     try:
         w = normalized(parse_weights(weights, len(checkpoints)), len(checkpoints))
-        path = average_checkpoints(checkpoints, out, w)
+        path = average_checkpoints(checkpoints, out, w, allow_nan=allow_nan)
     except AverageError as e:
         _fail(str(e))
     shown = ", ".join(f"{c} x {x:.4g}" for c, x in zip(checkpoints, w, strict=True))

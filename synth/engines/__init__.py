@@ -12,9 +12,13 @@ def get_engine(
     model: str | None = None,
     *,
     base_url: str | None = None,
+    request_timeout: float | None = None,
     **kwargs,
 ) -> Engine:
-    """Build an engine by name; heavy imports happen only for the engine asked for."""
+    """Build an engine by name; heavy imports happen only for the engine asked for.
+
+    ``request_timeout``: the openai engine's total deadline per request attempt (``timeout_s``; an
+    explicit ``timeout_s`` in ``kwargs`` wins); the local engines have no requests to time out."""
     if name == "hf":
         from synth.engines.hf import HFEngine
 
@@ -31,6 +35,8 @@ def get_engine(
             raise EngineError("the openai engine needs --base-url (e.g. http://127.0.0.1:8000/v1)")
         if not model:
             raise EngineError("the openai engine needs --model: the name the server serves")
+        if request_timeout is not None:
+            kwargs.setdefault("timeout_s", request_timeout)
         return OpenAIEngine(model=model, base_url=base_url, **kwargs)
     raise EngineError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
 

@@ -1,8 +1,23 @@
-"""The one small batch interface every engine (hf, vllm, openai) implements."""
+"""The one small batch interface every engine (hf, vllm, openai) implements.
+
+``Engine.generate`` is all a stage needs. Engines may also offer, and callers look for with
+``getattr``:
+
+* ``choice_logprobs(requests, prefix, choices) -> list[dict[str, float] | None]``: log P(each choice,
+  *whole*, right after the assistant ``prefix``), the distribution a judge's score is read from
+  (``synth.engines.choices``); None for a request whose distribution the engine could not read (the
+  caller then falls back to the written answer).
+* ``context_length: int | None``: tokens the model attends to, prompt plus generation.
+* ``count_prompt_tokens(request, limit) -> TokenCount | None``: the prompt's size in tokens, exact or
+  a bound that decides it against ``limit`` (None: the engine cannot tell).
+* ``concurrent_calls: bool``: True when ``generate`` may be called from several threads at once
+  (the calls then share the engine's one concurrency window); False or absent: one call at a time.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -53,6 +68,13 @@ class Request:
     def key(self) -> str:
         return json.dumps(list(self.messages), sort_keys=True, ensure_ascii=False)
 
+    @property
+    def continues(self) -> bool:
+        """The last message is an assistant turn to continue (a prefix the reply extends: a solution
+        rolled out from one of its steps, reasoning resumed after a code block's output), not a
+        finished turn to answer."""
+        return bool(self.messages) and self.messages[-1].get("role") == "assistant"
+
 
 @dataclass
 class Completion:
@@ -88,3 +110,38 @@ def truncate_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     """Cut ``text`` at the first stop string; return (text, hit)."""
     cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    """A prompt's size in tokens: exact, or (``exact=False``) a bound that already decides it: a
+    lower bound above the limit it was counted against, or an upper bound within it."""
+
+    tokens: int
+    exact: bool = True
+
+
+PREFIX_CHARS_PER_TOKEN = 8  # a prompt longer than this many characters per allowed token is first
+PREFIX_MARGIN = 16  # counted on a prefix; its count less this margin bounds the whole one from below
+
+
+def max_token_bytes(tokenizer: Any) -> int:
+    """An upper bound on the UTF-8 bytes one token stands for: the longest vocabulary entry (a
+    byte-level or sentencepiece entry is never shorter in UTF-8 than the text it decodes to)."""
+    return max((len(str(t).encode("utf-8")) for t in tokenizer.get_vocab()), default=1) or 1
+
+
+def count_tokens(text: str, limit: int, max_bytes: int, count: Any) -> TokenCount:
+    """``count(text)`` (a tokenizer's count), without tokenizing a text whose size already proves it
+    longer than ``limit``: first ``bytes / max_bytes`` (no token stands for more), then the count of
+    a prefix (less a margin for the word the cut splits)."""
+    nbytes = len(text.encode("utf-8", "surrogatepass"))
+    lower = math.ceil(nbytes / max(1, max_bytes))
+    if lower > limit:
+        return TokenCount(lower, exact=False)
+    head_chars = PREFIX_CHARS_PER_TOKEN * (limit + 1)
+    if len(text) > head_chars:
+        head = count(text[:head_chars]) - PREFIX_MARGIN
+        if head > limit:
+            return TokenCount(head, exact=False)
+    return TokenCount(count(text))

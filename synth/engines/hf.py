@@ -4,6 +4,11 @@ Prompts are sorted by length and cut into batches so padding stays small; batche
 (decoder-only generation appends on the right); ``n`` samples per prompt come from one
 ``num_return_sequences`` call. bf16 is used where the hardware runs it natively (CUDA with bf16, or a
 CPU with AVX512-BF16/AMX): on such a CPU it decodes 1.6-1.9x faster than fp32.
+
+``choice_logprobs`` (a judge's score distribution) is exact and teacher-forced over whole choices
+(``synth.engines.choices``). ``context_length`` is the model's ``max_position_embeddings``;
+``count_prompt_tokens`` counts the rendered chat with the tokenizer, and proves a huge prompt too long
+from its bytes (or a prefix) without tokenizing it. One call at a time: ``concurrent_calls = False``.
 """
 
 from __future__ import annotations
@@ -12,7 +17,16 @@ import hashlib
 import os
 from functools import lru_cache
 
-from synth.engines.base import Completion, Request, SamplingParams, truncate_at_stop
+from synth.engines.base import (
+    Completion,
+    Request,
+    SamplingParams,
+    TokenCount,
+    count_tokens,
+    max_token_bytes,
+    truncate_at_stop,
+)
+from synth.engines.choices import choice_nodes, whole_choice_logprobs
 from synth.engines.embedded import is_embedded, resolve_model
 
 
@@ -38,6 +52,7 @@ def pick_dtype(device: str, dtype: str = "auto"):
 
 class HFEngine:
     name = "hf"
+    concurrent_calls = False  # one model, one call at a time (see ``Engine``)
 
     def __init__(
         self,
@@ -64,6 +79,9 @@ class HFEngine:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.lm = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device)
         self.lm.eval()
+        self._texts: list[str] | None = None  # each token id's text, built on first use
+        self._cont = None  # tokens that continue a word or number (choice_logprobs)
+        self._max_token_bytes: int | None = None
 
     # -- the batch interface -------------------------------------------------------------
     def generate(self, requests: list[Request], sampling: SamplingParams) -> list[list[Completion]]:
@@ -82,63 +100,106 @@ class HFEngine:
     def choice_logprobs(
         self, requests: list[Request], prefix: str, choices: list[str]
     ) -> list[dict[str, float]]:
-        """log P(choice | chat prompt + assistant ``prefix``) for each request and choice.
+        """log P(choice, whole | chat prompt + assistant ``prefix``) for each request and choice.
 
         Teacher-forced, so a judge can read a whole score distribution (G-Eval style) instead of
         one sampled number: small judges put most mass on one digit but still rank responses.
-        One forward pass per request covers every choice whose tokens, but the last, are a prefix of
-        the longest choice (" 1".." 9" and " 10" all are); other choices get a pass of their own.
+        *Whole* (``synth.engines.choices``): the choice spelled out and then not extended, so " 1"
+        and " 10" are disjoint even where " 10" is " 1" + "0". Exact over each choice's full token
+        sequence: one forward pass over the prompt, then every choice on top of its KV cache.
         """
         tok = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
-        longest = max(tok, key=len)
-        seqs: list[list[int]] = []  # per request: ctx + longest, then ctx + each uncovered choice
-        plan: list[list[tuple[int, int]]] = []  # per request and choice: (seq index, ctx length)
+        nodes = choice_nodes(tok)
+        cont = self._continuing_mask()
+        out = []
         for r in requests:
             ctx = self.tokenizer(self._render(r) + prefix, add_special_tokens=False)["input_ids"]
-            base = len(seqs)
-            seqs.append(ctx + longest)
-            where = []
-            for t in tok:
-                if t[:-1] == longest[: len(t) - 1]:
-                    where.append((base, len(ctx)))
-                else:
-                    seqs.append(ctx + t)
-                    where.append((len(seqs) - 1, len(ctx)))
-            plan.append(where)
-        logps = self._teacher_forced(seqs)
-        out = []
-        for where in plan:
-            row = {}
-            for c, t, (si, n) in zip(choices, tok, where, strict=True):
-                lp = logps[si]
-                # the choice's own last token is read at its position, whatever the sequence holds there
-                row[c] = float(sum(lp[n + j - 1][t[j]] for j in range(len(t))))
-            out.append(row)
+            dists = dict(zip(nodes, self._node_logprobs(ctx, nodes), strict=True))
+            out.append(
+                whole_choice_logprobs(
+                    choices,
+                    tok,
+                    lambda node, t, d=dists: float(d[node][t]),
+                    lambda node, d=dists: float(d[node].exp()[cont].sum()),
+                )
+            )
         return out
 
-    def _teacher_forced(self, seqs: list[list[int]]):
-        """Next-token log-probs (float32, [len, vocab] per sequence) for each token sequence."""
+    def _node_logprobs(self, ctx: list[int], nodes: list[tuple[int, ...]]):
+        """Next-token log-probs (float32 [vocab]) after ``ctx`` + each node; ``nodes[0]`` is ().
+
+        One forward pass over ``ctx``; then each longest node (one no other node extends) on top of
+        its KV cache, cropped back after each: no copy of the cache, whatever the prompt's length.
+        """
         import torch
 
-        pad = self.tokenizer.pad_token_id
-        result = []
-        for start in range(0, len(seqs), self.batch_size):
-            chunk = seqs[start : start + self.batch_size]
-            width = max(len(s) for s in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for i, seq in enumerate(chunk):  # right padding: positions stay 0..len-1
-                ids[i, : len(seq)] = torch.tensor(seq)
-                mask[i, : len(seq)] = 1
-            with torch.inference_mode():
-                logits = self.lm(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-            logp = torch.log_softmax(logits.float(), dim=-1).cpu()
-            result.extend(logp[i, : len(seq)] for i, seq in enumerate(chunk))
-        return result
+        dev = self.device
+        n = len(ctx)
+        leaves = [x for x in nodes if x and not any(len(y) > len(x) and y[: len(x)] == x for y in nodes)]
+        with torch.inference_mode():
+            first = self.lm(input_ids=torch.tensor([ctx], device=dev), use_cache=True)
+            dist = {(): torch.log_softmax(first.logits[0, -1].float(), -1).cpu()}
+            # transformers >= 5.2x calls the KV cache `cache`, older versions `past_key_values`
+            key = "cache" if "cache" in first else "past_key_values"
+            cache = first[key]
+            for leaf in leaves:
+                if cache is not None:
+                    pos = torch.arange(n, n + len(leaf), device=dev)[None]
+                    ids = torch.tensor([leaf], device=dev)
+                    logits = self.lm(input_ids=ids, position_ids=pos, use_cache=True, **{key: cache}).logits[
+                        0
+                    ]
+                    try:
+                        cache.crop(-len(leaf))  # back to the prompt alone for the next leaf
+                    except Exception:  # noqa: BLE001 - a cache that cannot crop: recompute from here on
+                        cache = None
+                else:
+                    logits = self.lm(input_ids=torch.tensor([ctx + list(leaf)], device=dev)).logits[0, n:]
+                logp = torch.log_softmax(logits.float(), -1).cpu()
+                for j in range(len(leaf)):
+                    dist[leaf[: j + 1]] = logp[j]
+        return [dist[x] for x in nodes]
+
+    def _vocab_texts(self) -> list[str]:
+        if self._texts is None:
+            self._texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+        return self._texts
+
+    def _continuing_mask(self):
+        """Bool [vocab]: tokens whose text starts with a letter or digit (they extend a number)."""
+        import torch
+
+        if self._cont is None:
+            size = self.lm.get_output_embeddings().weight.shape[0]
+            mask = torch.zeros(size, dtype=torch.bool)
+            for i, text in enumerate(self._vocab_texts()[:size]):
+                mask[i] = text[:1].isalnum()
+            self._cont = mask
+        return self._cont
+
+    # -- prompt budget -------------------------------------------------------------------------
+    @property
+    def context_length(self) -> int | None:
+        """Tokens the model attends to: prompt plus generated (``max_position_embeddings``)."""
+        n = getattr(self.lm.config, "max_position_embeddings", None)
+        return int(n) if n else None
+
+    def count_prompt_tokens(self, request: Request, limit: int) -> TokenCount:
+        """The rendered prompt's token count; a prompt too long by its bytes alone is not tokenized."""
+        if self._max_token_bytes is None:
+            self._max_token_bytes = max_token_bytes(self.tokenizer)
+        text = self._render(request)
+        return count_tokens(text, limit, self._max_token_bytes, self._count)
+
+    def _count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _render(self, request: Request) -> str:
+        # a final assistant message is a prefix to continue (``Request.continues``). No prefix cache:
+        # each request (and each of its n samples) is prefilled in full
+        how = {"add_generation_prompt": False, "continue_final_message": True} if request.continues else {}
         return self.tokenizer.apply_chat_template(
-            list(request.messages), tokenize=False, add_generation_prompt=True
+            list(request.messages), tokenize=False, **{"add_generation_prompt": True, **how}
         )
 
     def _generate_batch(self, prompts: list[str], sampling: SamplingParams) -> list[list[Completion]]:

@@ -1,25 +1,43 @@
 """Client for any OpenAI-compatible server (``vllm serve``, TGI, llama.cpp server, OpenAI itself).
 
-Every request is one ``POST {base_url}/chat/completions`` with ``n`` choices. Requests run
-concurrently on one ``httpx.AsyncClient``; a semaphore bounds the HTTP calls in flight to
-``max_concurrency`` (a request sleeping in backoff does not hold a slot).
+Every request is one ``POST {base_url}/chat/completions`` with ``n`` choices. Requests run on one
+event loop in a background thread that lives as long as the engine, over one ``httpx.AsyncClient``;
+one semaphore bounds the HTTP calls in flight to ``max_concurrency`` across *every* call of the engine
+(a request sleeping in backoff does not hold a slot, a finished one frees its slot at once).
+``generate`` may be called from several threads at once (``concurrent_calls = True``): the calls share
+that one window, so a caller that overlaps batches keeps it full while one batch waits for a slow
+retry.
 
 Reliability rules:
 
-* 429, 408, 409, 425, 5xx, timeouts, connection errors and malformed 200 answers are retried with
-  exponential backoff and jitter; a ``Retry-After`` header (seconds or an HTTP date) is honoured.
-* Any other 4xx is permanent: ``EngineError`` with the request index and the server's message.
+* 429, 408, 409, 425, 5xx, timeouts, connection errors and malformed 200 answers (a body that is not
+  JSON, no ``choices``, a choice without content and without tool calls) are retried with exponential
+  backoff and jitter; a ``Retry-After`` header (seconds or an HTTP date) is honoured. A malformed
+  answer is never returned as a completion, so it is never cached. Content sent as a list of parts
+  (``[{"type": "text", "text": ...}]``) is read as its text.
+* ``timeout_s`` bounds each *attempt* as a whole (connect, send, wait, read every byte): a server
+  trickling its answer a byte at a time is cut at the deadline and retried like any timeout.
+* Any other 4xx is permanent: ``EngineError`` with the request index, its id and the server's message.
 * Results are placed by request index, so none is lost, duplicated or misplaced. A server that
   returns fewer choices than asked is asked again for the missing ones only (with ``seed + k`` when
   a seed is set, so a seeded server does not repeat the choices it already gave).
-* When a request exhausts its retries the whole batch fails with ``EngineError`` naming the index:
-  there are never partial, silent results.
+* When a request exhausts its retries the whole batch fails with ``EngineError`` naming the index and
+  the request id: there are never partial, silent results. Retry warnings name them too.
 
 Token counts: ``prompt_tokens`` comes from ``usage.prompt_tokens``. The OpenAI API reports only the
 *total* ``usage.completion_tokens`` over all ``n`` choices; it is split across the choices in
 proportion to their text length (largest-remainder rounding, so the per-choice counts sum to the
 server's total; exact for ``n == 1``). A per-choice ``completion_tokens`` field, which some servers
 add, wins over the split. Without ``usage`` the counts are 0.
+
+Judge scores (``choice_logprobs``): one greedy request with ``logprobs: true, top_logprobs: N``; the
+distribution over whole choices is read where the reply writes the prefix ("Score:"), see
+``synth.engines.choices.path_choice_logprobs``. A server that gives no log-probs (or refuses the
+parameters) is remembered, and the judge falls back to the number the reply wrote.
+
+Prompt budget: ``context_length`` is the ``max_context`` argument, else the ``max_model_len`` the
+server lists under ``/v1/models`` (vLLM does), else unknown; ``count_prompt_tokens`` bounds a prompt by
+its bytes and asks the server's ``/tokenize`` (vLLM) only for one the bounds cannot decide.
 
 The API key (argument, else ``OPENAI_API_KEY``) goes only into the ``Authorization`` header; it is
 never logged, shown in ``repr`` or put into an error message.
@@ -28,17 +46,27 @@ never logged, shown in ``repr`` or put into an error message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import os
 import random
 import threading
 import time
+import weakref
 from typing import Any
 
 import httpx
 
-from synth.engines.base import Completion, EngineError, Request, SamplingParams, truncate_at_stop
+from synth.engines.base import (
+    Completion,
+    EngineError,
+    Request,
+    SamplingParams,
+    TokenCount,
+    truncate_at_stop,
+)
+from synth.engines.choices import path_choice_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +150,104 @@ def _server_message(resp: httpx.Response) -> str:
     return msg if len(msg) <= 500 else msg[:500] + "..."
 
 
+def _choice_text(choice: dict[str, Any]) -> str | None:
+    """A choice's text; None when it has none (no content and no tool calls: a malformed answer)."""
+    msg = choice.get("message")
+    if not isinstance(msg, dict):
+        text = choice.get("text")  # a completions-style choice
+        return text if isinstance(text, str) else None
+    content = msg.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}, ...]
+        texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type", "text") == "text"]
+        if texts and all(isinstance(t, str) for t in texts):
+            return "".join(texts)
+        return None
+    if content is None:
+        if isinstance(msg.get("refusal"), str):
+            return msg["refusal"]  # the model's own words, sent in their own field
+        if msg.get("tool_calls") or msg.get("function_call"):
+            return ""  # a tool call answers without text
+    return None
+
+
+def _path_tokens(choice: dict[str, Any]) -> list[tuple[str, float, dict[str, float]]] | None:
+    """A choice's log-probs as (token, logprob, {alternative: logprob}) per position, from the chat
+    shape (``logprobs.content``) or the legacy completions shape; None when it has none."""
+    lp = choice.get("logprobs")
+    if not isinstance(lp, dict):
+        return None
+    out = []
+    content = lp.get("content")
+    try:
+        if isinstance(content, list):
+            for e in content:
+                alts = {a["token"]: float(a["logprob"]) for a in e.get("top_logprobs") or []}
+                out.append((str(e["token"]), float(e["logprob"]), alts))
+        elif isinstance(lp.get("tokens"), list):
+            tops = lp.get("top_logprobs") or [{}] * len(lp["tokens"])
+            for t, tl, top in zip(lp["tokens"], lp["token_logprobs"], tops, strict=False):
+                out.append((str(t), float(tl), {str(k): float(v) for k, v in (top or {}).items()}))
+        else:
+            return None
+    except (KeyError, TypeError, ValueError):
+        return None
+    return out or None
+
+
+class _Loop:
+    """One event loop in a daemon thread with the engine's one HTTP client and concurrency window,
+    shared by every call (from any thread). Closed when the engine is collected or at exit."""
+
+    def __init__(self, max_concurrency: int, client_kwargs: dict[str, Any]) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.sem: asyncio.Semaphore | None = None
+        self.client: httpx.AsyncClient | None = None
+        self.max_concurrency = max_concurrency
+        self._client_kwargs = client_kwargs  # no reference to the engine: it can be collected
+        self.thread = threading.Thread(target=self.loop.run_forever, name="openai-engine", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any) -> Any:
+        """Run ``coro`` on the loop; block the calling thread until it is done."""
+        if threading.current_thread() is self.thread:
+            coro.close()
+            raise RuntimeError("OpenAIEngine.generate called from its own event loop; await agenerate")
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return fut.result()
+        except BaseException:
+            fut.cancel()  # the caller gave up (KeyboardInterrupt...): do not leave it running
+            raise
+
+    async def shared(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+        if self.client is None:
+            self.client = httpx.AsyncClient(**self._client_kwargs)
+            self.sem = asyncio.Semaphore(self.max_concurrency)
+        return self.client, self.sem  # type: ignore[return-value]
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+        own_thread = threading.current_thread() is self.thread
+        if self.client is not None and self.loop.is_running() and not own_thread:
+            with contextlib.suppress(Exception):  # closing on the way out: nothing to report to
+                asyncio.run_coroutine_threadsafe(self.client.aclose(), self.loop).result(timeout=5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        if not own_thread:
+            self.thread.join(timeout=5)
+            if not self.thread.is_alive():
+                self.loop.close()
+
+
+UNKNOWN_MAX_TOKEN_BYTES = 256  # no tokenizer is known to have a longer token
+TEMPLATE_TOKENS = 64  # a chat template's own tokens: per message, and once (a default system prompt)
+
+
 class OpenAIEngine:
     name = "openai"
+    concurrent_calls = True  # generate may be called from several threads; they share one window
 
     def __init__(
         self,
@@ -135,6 +259,9 @@ class OpenAIEngine:
         timeout_s: float = 60,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 20,
+        max_context: int | None = None,
+        top_logprobs: int = 20,
+        choice_max_tokens: int = 32,
     ) -> None:
         if not model:
             raise EngineError("the openai engine needs a model name (the name the server serves)")
@@ -146,6 +273,8 @@ class OpenAIEngine:
             raise ValueError("max_retries must be >= 0")
         if timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
+        if max_context is not None and max_context < 1:
+            raise ValueError("max_context must be >= 1")
         self.model = model
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
@@ -154,7 +283,15 @@ class OpenAIEngine:
         self.timeout_s = float(timeout_s)
         self.backoff_base_s = float(backoff_base_s)
         self.backoff_max_s = float(backoff_max_s)
+        self.top_logprobs = int(top_logprobs)
+        self.choice_max_tokens = int(choice_max_tokens)
         self._rng = random.Random()
+        self._max_context = max_context
+        self._context_probed = max_context is not None
+        self._logprobs_ok: bool | None = None  # learnt from the first answer to a log-prob request
+        self._tokenize_ok: bool | None = None
+        self._loop_lock = threading.Lock()
+        self._loop_obj: _Loop | None = None
 
     def __repr__(self) -> str:  # no api key here, ever
         return (
@@ -166,69 +303,84 @@ class OpenAIEngine:
     def url(self) -> str:
         return f"{self.base_url}/chat/completions"
 
-    # -- the batch interface -------------------------------------------------------------
-    def generate(self, requests: list[Request], sampling: SamplingParams) -> list[list[Completion]]:
-        """Sync entry point; works from plain code and from inside a running event loop."""
-        if not requests:
-            return []
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.agenerate(requests, sampling))
-        # called from async code: asyncio.run cannot nest, so run our own loop in a thread
-        box: dict[str, Any] = {}
+    # -- the shared loop ---------------------------------------------------------------------
+    @property
+    def _loop(self) -> _Loop:
+        with self._loop_lock:
+            if self._loop_obj is None:
+                self._loop_obj = _Loop(self.max_concurrency, self._client_kwargs())
+                weakref.finalize(self, self._loop_obj.close)
+            return self._loop_obj
 
-        def runner() -> None:
-            try:
-                box["value"] = asyncio.run(self.agenerate(requests, sampling))
-            except BaseException as e:  # re-raised in the caller's thread
-                box["error"] = e
-
-        t = threading.Thread(target=runner, name="openai-engine", daemon=True)
-        t.start()
-        t.join()
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
-
-    async def agenerate(self, requests: list[Request], sampling: SamplingParams) -> list[list[Completion]]:
-        if not requests:
-            return []
-        results: list[list[Completion] | None] = [None] * len(requests)
-        sem = asyncio.Semaphore(self.max_concurrency)
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(len(requests)):
-            queue.put_nowait(i)
+    def _client_kwargs(self) -> dict[str, Any]:
         headers = {"Content-Type": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         limits = httpx.Limits(
             max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency
         )
-        # workers, not one task per request: a million-request batch stays small in memory
-        n_workers = min(len(requests), self.max_concurrency * 4)
-        async with httpx.AsyncClient(
-            headers=headers, timeout=httpx.Timeout(self.timeout_s), limits=limits
-        ) as client:
+        return {"headers": headers, "timeout": httpx.Timeout(self.timeout_s), "limits": limits}
 
-            async def worker() -> None:
-                while True:
-                    try:
-                        i = queue.get_nowait()
-                    except asyncio.QueueEmpty:
-                        return
-                    results[i] = await self._one(client, sem, i, requests[i], sampling)
+    def close(self) -> None:
+        """Close the HTTP client and stop the engine's loop (a later call starts them again)."""
+        with self._loop_lock:
+            loop, self._loop_obj = self._loop_obj, None
+        if loop is not None:
+            loop.close()
 
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    for _ in range(n_workers):
-                        tg.create_task(worker())
-            except BaseExceptionGroup as eg:
-                raise _first_error(eg) from None
+    # -- the batch interface -------------------------------------------------------------
+    def generate(self, requests: list[Request], sampling: SamplingParams) -> list[list[Completion]]:
+        """Sync entry point: from plain code, from inside a running event loop, from several
+        threads at once (all calls share the engine's one concurrency window)."""
+        if not requests:
+            return []
+        return self._loop.run(self._generate(requests, sampling))
+
+    async def agenerate(self, requests: list[Request], sampling: SamplingParams) -> list[list[Completion]]:
+        """``generate`` for async callers: runs on the engine's loop, awaited from the caller's."""
+        if not requests:
+            return []
+        loop = self._loop
+        return await asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(self._generate(requests, sampling), loop.loop)
+        )
+
+    async def _generate(self, requests: list[Request], sampling: SamplingParams) -> list[list[Completion]]:
+        results = await self._each(
+            requests, lambda i, client, sem: self._one(client, sem, i, requests[i], sampling)
+        )
         missing = [i for i, r in enumerate(results) if r is None or len(r) != sampling.n]
         if missing:  # cannot happen; guard against silently partial results all the same
             raise EngineError(f"openai engine: no complete result for request(s) {missing[:10]}")
-        return results  # type: ignore[return-value]
+        return results
+
+    async def _each(self, requests: list[Request], job: Any) -> list[Any]:
+        """``job(i, client, sem)`` for every request index, by a bounded pool of workers."""
+        if not requests:
+            return []
+        client, sem = await self._loop.shared()
+        results: list[Any] = [None] * len(requests)
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(len(requests)):
+            queue.put_nowait(i)
+
+        async def worker() -> None:
+            while True:
+                try:
+                    i = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                results[i] = await job(i, client, sem)
+
+        # workers, not one task per request: a million-request batch stays small in memory
+        n_workers = min(len(requests), self.max_concurrency * 4)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(n_workers):
+                    tg.create_task(worker())
+        except BaseExceptionGroup as eg:
+            raise _first_error(eg) from None
+        return results
 
     # -- one logical request: n completions, topped up if the server gives fewer -----------------
     async def _one(
@@ -240,7 +392,6 @@ class OpenAIEngine:
         sampling: SamplingParams,
     ) -> list[Completion]:
         got: list[Completion] = []
-        empty_rounds = 0
         while len(got) < sampling.n:
             want = sampling.n - len(got)
             seed = None if sampling.seed is None else sampling.seed + len(got)
@@ -256,39 +407,41 @@ class OpenAIEngine:
                 body["stop"] = list(sampling.stop)
             if seed is not None:
                 body["seed"] = seed
-            data = await self._post(client, sem, index, body)
+            data = await self._post(client, sem, index, request, body)
             comps = self._parse(data, sampling)[:want]
-            if not comps:
-                # a 200 with no choices: count it against the retry budget instead of looping
-                empty_rounds += 1
-                if empty_rounds > self.max_retries:
-                    raise EngineError(
-                        f"openai engine: request {index}: the server returned no choices "
-                        f"{empty_rounds} times ({len(got)}/{sampling.n} completions)"
-                    )
-                await asyncio.sleep(self._backoff(empty_rounds - 1))
-                continue
+            if not comps:  # _attempt retries an answer without choices; never loop on one
+                raise EngineError(f"openai engine: {_label(index, request)}: an answer without choices")
             if len(comps) < want:
-                log.debug("request %d: asked for %d choices, got %d", index, want, len(comps))
+                log.debug("%s: asked for %d choices, got %d", _label(index, request), want, len(comps))
             got.extend(comps)
         return got
 
     async def _post(
-        self, client: httpx.AsyncClient, sem: asyncio.Semaphore, index: int, body: dict[str, Any]
+        self,
+        client: httpx.AsyncClient,
+        sem: asyncio.Semaphore,
+        index: int,
+        request: Request,
+        body: dict[str, Any],
     ) -> dict[str, Any]:
         last = ""
+        label = _label(index, request)
         for attempt in range(self.max_retries + 1):
             try:
                 async with sem:
-                    return await self._attempt(client, body)
+                    try:
+                        async with asyncio.timeout(self.timeout_s):  # the whole attempt, every byte
+                            return await self._attempt(client, body)
+                    except TimeoutError:
+                        raise _Retryable(f"no complete answer within {self.timeout_s:g}s") from None
             except _Retryable as e:
                 last = str(e)
                 if attempt == self.max_retries:
                     break
                 delay = self._backoff(attempt, e.retry_after)
                 log.warning(
-                    "openai engine: request %d attempt %d/%d failed (%s); retrying in %.2fs",
-                    index,
+                    "openai engine: %s attempt %d/%d failed (%s); retrying in %.2fs",
+                    label,
                     attempt + 1,
                     self.max_retries + 1,
                     last,
@@ -296,9 +449,9 @@ class OpenAIEngine:
                 )
                 await asyncio.sleep(delay)
             except _Permanent as e:
-                raise EngineError(f"openai engine: request {index}: {e} ({self.url})") from None
+                raise EngineError(f"openai engine: {label}: {e} ({self.url})") from None
         raise EngineError(
-            f"openai engine: request {index} failed after {self.max_retries + 1} attempts; "
+            f"openai engine: {label} failed after {self.max_retries + 1} attempts; "
             f"last error: {last} ({self.url})"
         )
 
@@ -315,8 +468,7 @@ class OpenAIEngine:
                 data = resp.json()
             except ValueError:
                 raise _Retryable("malformed JSON in a 200 answer") from None
-            if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-                raise _Retryable("a 200 answer without a 'choices' list")
+            _check_answer(data)
             return data
         msg = f"HTTP {status}: {_server_message(resp)}"
         if status in RETRYABLE_STATUS or status >= 500:
@@ -335,11 +487,7 @@ class OpenAIEngine:
         choices.sort(key=lambda c: c.get("index", 0) if isinstance(c.get("index"), int) else 0)
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        raw_texts = []
-        for c in choices:
-            msg = c.get("message")
-            text = msg.get("content") if isinstance(msg, dict) else c.get("text")
-            raw_texts.append(text if isinstance(text, str) else "")
+        raw_texts = [_choice_text(c) or "" for c in choices]
         per_choice = [c.get("completion_tokens") for c in choices]
         if all(isinstance(x, int) for x in per_choice):
             counts = [int(x) for x in per_choice]
@@ -351,6 +499,138 @@ class OpenAIEngine:
             reason = "stop" if hit else map_finish_reason(c.get("finish_reason"))
             out.append(Completion(text, prompt_tokens, ntok, reason))
         return out
+
+    # -- judge scores ------------------------------------------------------------------------------
+    def choice_logprobs(
+        self, requests: list[Request], prefix: str, choices: list[str]
+    ) -> list[dict[str, float] | None]:
+        """log P(each choice, whole) where the greedy reply writes ``prefix``, from the server's
+        ``top_logprobs`` (``synth.engines.choices.path_choice_logprobs``); None for a request whose
+        reply has no ``prefix`` within ``choice_max_tokens`` tokens or no log-probs."""
+        if not requests or self._logprobs_ok is False:
+            return [None] * len(requests)
+        return self._loop.run(self._choice_logprobs(requests, prefix, list(choices)))
+
+    async def _choice_logprobs(
+        self, requests: list[Request], prefix: str, choices: list[str]
+    ) -> list[dict[str, float] | None]:
+        async def job(i: int, client: httpx.AsyncClient, sem: asyncio.Semaphore):
+            if self._logprobs_ok is False:
+                return None
+            body = {
+                "model": self.model,
+                "messages": [dict(m) for m in requests[i].messages],
+                "n": 1,
+                "temperature": 0.0,
+                "max_tokens": self.choice_max_tokens,
+                "logprobs": True,
+                "top_logprobs": self.top_logprobs,
+            }
+            try:
+                data = await self._post(client, sem, i, requests[i], body)
+            except EngineError as e:
+                if self._logprobs_ok is None and " HTTP 4" in str(e):
+                    log.warning(
+                        "openai engine: the server refuses log-probs (%s); judges read the written score", e
+                    )
+                    self._logprobs_ok = False
+                    return None
+                raise
+            tokens = _path_tokens(data["choices"][0])
+            if tokens is None:
+                if self._logprobs_ok is None:
+                    log.warning("openai engine: the server gives no log-probs; judges read the written score")
+                    self._logprobs_ok = False
+                return None
+            self._logprobs_ok = True
+            at = "".join(t for t, _, _ in tokens).find(prefix)
+            return None if at < 0 else path_choice_logprobs(tokens, at + len(prefix), choices)
+
+        if self._logprobs_ok is None:  # the first answer says whether the server has log-probs at all
+            first = await self._each(requests[:1], job)
+            rest = await self._each(requests[1:], lambda i, client, sem: job(i + 1, client, sem))
+            return first + rest
+        return await self._each(requests, job)
+
+    # -- prompt budget -----------------------------------------------------------------------------
+    @property
+    def context_length(self) -> int | None:
+        """``max_context``, else the ``max_model_len`` the server lists for the model, else None."""
+        if not self._context_probed:
+            self._context_probed = True
+            try:
+                self._max_context = self._loop.run(self._probe_context())
+            except Exception as e:  # noqa: BLE001 - an optional probe: unknown is an answer
+                log.debug("openai engine: no context length from %s/models: %s", self.base_url, e)
+        return self._max_context
+
+    async def _probe_context(self) -> int | None:
+        client, _ = await self._loop.shared()
+        async with asyncio.timeout(min(self.timeout_s, 30)):
+            resp = await client.get(f"{self.base_url}/models")
+        if resp.status_code != 200:
+            return None
+        for m in resp.json().get("data") or []:
+            if isinstance(m, dict) and m.get("id") == self.model:
+                for key in ("max_model_len", "context_length", "max_context_length"):
+                    if isinstance(m.get(key), int) and m[key] > 0:
+                        return m[key]
+        return None
+
+    def count_prompt_tokens(self, request: Request, limit: int) -> TokenCount | None:
+        """Bounds from the prompt's bytes (a token stands for at least one byte and, in every known
+        tokenizer, at most ``UNKNOWN_MAX_TOKEN_BYTES``; the template adds at most ``TEMPLATE_TOKENS``
+        per message), else the server's ``/tokenize`` (vLLM); None when neither decides."""
+        nbytes = sum(
+            len(str(m.get("content") or "").encode("utf-8", "surrogatepass")) for m in request.messages
+        )
+        lower = -(-nbytes // UNKNOWN_MAX_TOKEN_BYTES)
+        if lower > limit:
+            return TokenCount(lower, exact=False)
+        upper = nbytes + TEMPLATE_TOKENS * (len(request.messages) + 1)
+        if upper <= limit:
+            return TokenCount(upper, exact=False)
+        if self._tokenize_ok is False:
+            return None
+        try:
+            n = self._loop.run(self._tokenize(request))
+        except Exception as e:  # noqa: BLE001 - optional: the server decides then
+            log.debug("openai engine: /tokenize failed: %s", e)
+            n = None
+        if n is None:
+            self._tokenize_ok = False
+            return None
+        self._tokenize_ok = True
+        return TokenCount(n)
+
+    async def _tokenize(self, request: Request) -> int | None:
+        client, sem = await self._loop.shared()
+        root = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
+        body = {"model": self.model, "messages": [dict(m) for m in request.messages]}
+        async with sem, asyncio.timeout(self.timeout_s):
+            resp = await client.post(f"{root}/tokenize", json=body)
+        if resp.status_code != 200:
+            return None
+        count = resp.json().get("count")
+        return count if isinstance(count, int) else None
+
+
+def _label(index: int, request: Request) -> str:
+    """How messages name a request: its index in the batch and, when it has one, its id."""
+    return f"request {index} (id {request.id!r})" if request.id else f"request {index}"
+
+
+def _check_answer(data: Any) -> None:
+    """A 200 answer the engine can use, else ``_Retryable``: the answer is never returned."""
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise _Retryable("a 200 answer without a 'choices' list")
+    if not data["choices"]:
+        raise _Retryable("a 200 answer with no choices")
+    for c in data["choices"]:
+        if not isinstance(c, dict):
+            raise _Retryable("a 200 answer with a malformed choice")
+        if _choice_text(c) is None:
+            raise _Retryable(f"a 200 answer without content (choice {c.get('index', '?')})")
 
 
 def _first_error(eg: BaseExceptionGroup) -> BaseException:

@@ -4,6 +4,7 @@ Layout written by :func:`export_dataset`::
 
     out_dir/
       README.md                              data card (YAML header the Hub reads + run report)
+      .synth-export.json                     manifest: the run this folder is an export of
       sft/train-00000-of-00003.parquet       at most `shard_rows` rows per shard
       sft/train-00001-of-00003.parquet
       sft/train-00002-of-00003.parquet
@@ -34,12 +35,21 @@ from synth.export.schema import (
     SPLITS,
 )
 from synth.export.splits import Splitter, assign_splits, split_fraction
-from synth.export.writer import DEFAULT_SHARD_ROWS, export_dataset, shard_name
+from synth.export.writer import (
+    DEFAULT_SHARD_ROWS,
+    MANIFEST,
+    ExportTargetError,
+    check_target,
+    export_dataset,
+    run_id_of,
+    shard_name,
+)
 
 __all__ = [
     "CARD_TEMPLATE",
     "CONFIGS",
     "DEFAULT_SHARD_ROWS",
+    "MANIFEST",
     "MESSAGES_TYPE",
     "MESSAGE_TYPE",
     "PREFERENCE_SCHEMA",
@@ -48,11 +58,13 @@ __all__ = [
     "SPLITS",
     "TOKEN_ENV_VARS",
     "CardFacts",
+    "ExportTargetError",
     "MissingTokenError",
     "RunSummary",
     "Splitter",
     "assign_splits",
     "capability",
+    "check_target",
     "export_dataset",
     "load_export",
     "preference_row",
@@ -60,6 +72,7 @@ __all__ = [
     "read_parquet",
     "render_card",
     "resolve_token",
+    "run_id_of",
     "sft_row",
     "shard_name",
     "size_category",

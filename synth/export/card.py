@@ -25,6 +25,7 @@ from synth.export.schema import CONFIGS, SPLITS
 from synth.records import PreferenceRecord, SFTRecord
 
 CARD_TEMPLATE = "dataset_card.md.j2"
+DEFAULT_LICENSE = "apache-2.0"
 
 # Hub size buckets: (exclusive upper bound, label).
 _SIZE_BUCKETS: tuple[tuple[float, str], ...] = (
@@ -62,6 +63,10 @@ class RunSummary:
     score_stats: dict[str, dict[str, float]] = field(default_factory=dict)
     quarantined: int = 0
     created: str | None = None  # ISO date; defaults to the export date
+    license: str | None = None  # the card's license when the export names none
+    # per stage and language: {stage, language, kept, rejected} (recipes that record languages)
+    language_funnel: list[dict[str, Any]] = field(default_factory=list)
+    data_sources: list[dict[str, Any]] = field(default_factory=list)  # {name, path, license}
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -101,6 +106,7 @@ class CardFacts:
         self.seeds: set[int] = set()
         self.rounds: set[int] = set()
         self.scores: dict[str, dict[str, array]] = {config: {} for config in CONFIGS}
+        self.languages: dict[str, dict[str, int]] = {}  # language -> config -> rows (provenance.language)
 
     def add(self, config: str, record: SFTRecord | PreferenceRecord) -> None:
         cap = capability(record)
@@ -108,7 +114,7 @@ class CardFacts:
             self.capabilities.add(cap)
         for name, value in record.scores.items():
             if math.isfinite(value):
-                self.scores[config].setdefault(name, array("d")).append(value)
+                self.scores.setdefault(config, {}).setdefault(name, array("d")).append(value)
         p = record.provenance
         if p is None:
             return
@@ -123,6 +129,19 @@ class CardFacts:
         if p.seed is not None:
             self.seeds.add(p.seed)
         self.rounds.add(p.round)
+        if p.language:
+            by_config = self.languages.setdefault(p.language, {})
+            by_config[config] = by_config.get(config, 0) + 1
+
+    def language_mix(self) -> list[dict[str, Any]]:
+        """Rows per recorded language, most first: {language, name, rows, share, <config>: rows}."""
+        total = sum(sum(c.values()) for c in self.languages.values())
+        out = []
+        for lang, by_config in sorted(self.languages.items(), key=lambda kv: (-sum(kv[1].values()), kv[0])):
+            rows = sum(by_config.values())
+            out.append({"language": lang, "name": _language_name(lang), "rows": rows,
+                        "share": rows / total, **by_config})  # fmt: skip
+        return out
 
     def score_stats(self, config: str) -> dict[str, dict[str, float]]:
         """n/min/median/mean/max per score name over the config's exported rows."""
@@ -134,7 +153,7 @@ class CardFacts:
                 "mean": statistics.fmean(xs),
                 "max": max(xs),
             }
-            for name, xs in sorted(self.scores[config].items())
+            for name, xs in sorted(self.scores.get(config, {}).items())
         }
 
 
@@ -217,6 +236,10 @@ def _card_header(
         tags.append("sft")
     if sum(counts["preference"].values()):
         tags += ["dpo", "preference"]
+    if sum(counts.get("step_labels", {}).values()):
+        tags += ["process-reward", "stepwise-supervision"]
+    if sum(counts.get("sft_tools", {}).values()):
+        tags += ["tool-calling", "function-calling"]
     tags = _union(tags, (_tag(c) for c in capabilities))
     return {
         "pretty_name": pretty_name,
@@ -226,7 +249,7 @@ def _card_header(
         "size_categories": [size_category(total)],
         "tags": tags,
         "configs": [
-            {"config_name": config, "data_files": _data_files(config, counts[config])} for config in CONFIGS
+            {"config_name": config, "data_files": _data_files(config, counts[config])} for config in counts
         ],
     }
 
@@ -263,13 +286,23 @@ def render_card(
     facts: CardFacts,
     counts: Mapping[str, Mapping[str, int]],
     *,
-    license: str = "apache-2.0",
+    license: str | None = None,
     language: str | Sequence[str] = "en",
     pretty_name: str | None = None,
     repo_id: str | None = None,
+    language_plot: str | None = None,
 ) -> str:
-    """The README.md text for the exported (kept) records described by ``facts`` and ``counts``."""
+    """The README.md text for the exported (kept) records described by ``facts`` and ``counts``.
+
+    The header's license is ``license``, else the summary's, else :data:`DEFAULT_LICENSE`. Rows that
+    record their language make the header's languages and the card's language mix (a table, and the
+    plot ``language_plot``, a file beside the card, when given).
+    """
     s = RunSummary.coerce(summary)
+    languages = facts.language_mix()
+    if languages:
+        language = [row["language"] for row in languages]
+    license = license or s.license or DEFAULT_LICENSE
     pretty = pretty_name or f"synth: {s.name}"
     capabilities = sorted(facts.capabilities)
 
@@ -288,10 +321,10 @@ def render_card(
         pretty_name=pretty,
         summary=s,
         counts=counts,
-        configs=CONFIGS,
+        configs=list(counts),
         splits=SPLITS,
         total=sum(sum(c.values()) for c in counts.values()),
-        empty_splits=[f"`{c}/{sp}`" for c in CONFIGS for sp in SPLITS if not counts[c][sp]],
+        empty_splits=[f"`{c}/{sp}`" for c in counts for sp in SPLITS if not counts[c][sp]],
         capabilities=capabilities,
         models=_union(s.models, facts.models),
         engines=_union(s.engines, facts.engines),
@@ -301,9 +334,63 @@ def render_card(
         seeds=_short_list(_union([s.seed], sorted(facts.seeds))),
         rounds=_short_list(_union([s.round], sorted(facts.rounds))),
         funnel=_funnel_rows(s.funnel),
-        stats={config: facts.score_stats(config) for config in CONFIGS},
+        stats={config: facts.score_stats(config) for config in counts},
         run_stats=s.score_stats,
         created=s.created or datetime.now(UTC).date().isoformat(),
         load_path=repo_id or "REPO_OR_DIR",
         extra=json.dumps(s.extra, indent=2, sort_keys=True, default=str) if s.extra else "",
+        languages=languages,
+        language_plot=language_plot,
+        language_funnel=_language_funnel(s.language_funnel),
+        data_sources=s.data_sources,
     )
+
+
+def _language_name(code: str) -> str:
+    try:
+        from synth.stages.language import language_name
+
+        return language_name(code)
+    except ValueError:
+        return code
+
+
+def _language_funnel(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The per-language funnel as a table: its languages, and per stage 'kept/rows' by language."""
+    languages = sorted({str(r["language"]) for r in rows})
+    stages: dict[str, dict[str, str]] = {}
+    for r in rows:
+        cell = f"{r['kept']}/{r['kept'] + r['rejected']}"
+        stages.setdefault(str(r["stage"]), {})[str(r["language"])] = cell
+    return {"languages": languages, "stages": stages}
+
+
+LANGUAGE_PLOT = "language_mix.png"
+
+
+def write_language_plot(facts: CardFacts, out_dir: Any) -> str | None:
+    """A bar chart of the exported rows per language, by config, beside the card (``LANGUAGE_PLOT``);
+    None (and no file) when no row records its language."""
+    mix = facts.language_mix()
+    if not mix:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{row['name']} ({row['language']})" for row in mix][::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.45 * len(mix) + 1.2))
+    left = [0] * len(mix)
+    for config, color in zip(CONFIGS, ("tab:blue", "tab:orange"), strict=False):
+        values = [row.get(config, 0) for row in mix][::-1]
+        ax.barh(labels, values, left=left, color=color, label=config)
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    ax.set_xlim(0, max(left) * 1.35 or 1)  # room for the legend
+    ax.set_xlabel("exported rows")
+    ax.set_title("language mix")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(f"{out_dir}/{LANGUAGE_PLOT}", dpi=100)
+    plt.close(fig)
+    return LANGUAGE_PLOT

@@ -99,22 +99,22 @@ class CodeConfig(RecipeConfig):
 def code(run: Run, cfg: CodeConfig) -> Outputs:
     """Snippets -> problems -> K solutions -> tests -> sandbox -> repair; + translation, backtranslation."""
     sandbox = cfg.sandbox()  # checked before the run opened (CodeConfig.check)
-    llm = dict(engine=run.engine, round=cfg.round)
+    llm = dict(engine=run.engine, round=cfg.round)  # round: the post-training round, in every row
     one = cfg.sampling(n=1)
     bs = cfg.batch_size
 
     # 1. corpus snippets inspire problems, 2. K solutions each, 3. a unit-test script per solution
-    snippets = run.source("snippets", read_corpus(cfg.corpus))
+    snippets = run.source("snippets", read_corpus(cfg.corpus, round=cfg.round))
     problems = run.map(WriteProblems(sampling=cfg.sampling(n=cfg.problems_per_snippet), **llm), snippets, bs)
     candidates = run.map(Solve(sampling=cfg.sampling(), **llm), problems, bs)
     tested = run.map(WriteTests(sampling=one, **llm), candidates, bs)
 
     # 4. ruff + the tests in the sandbox; 5. failures go back with their feedback, up to N rounds
-    executed = run.map(Execute(sandbox=sandbox, round=0), tested, bs)
+    executed = run.map(Execute(sandbox=sandbox, repair_round=0), tested, bs)
     loop = executed.all
-    for r in range(1, cfg.repair_rounds + 1):
-        repaired = run.map(Repair(sampling=one, repair_round=r, **llm), executed.rejected, bs)
-        executed = run.map(Execute(sandbox=sandbox, round=r), repaired, bs)
+    for n in range(1, cfg.repair_rounds + 1):
+        repaired = run.map(Repair(sampling=one, repair_round=n, **llm), executed.rejected, bs)
+        executed = run.map(Execute(sandbox=sandbox, repair_round=n), repaired, bs)
         loop = loop + repaired.all + executed.all
     final = loop.last()  # each candidate's last row: passed in some round, or its last failure
 

@@ -1,7 +1,7 @@
 """Rejection sampling with a reward model (Llama 2 section 3.2.3, Llama 3 section 4.2.2), as a recipe:
 
     prompts -> sample (K per prompt, the policy) -> rm_score -> best_of_k [-> best_across_rounds]
-                                                            [-> top_quartile] -> SFT rows
+                                                            [-> top_fraction] -> SFT rows
                                                 \\-> preference_pairs (best vs worst by reward)
 
 Llama 3 samples K outputs per prompt (typically 10-30) from the latest policy and keeps the one its

@@ -5,6 +5,10 @@ solutions with Python blocks and tool calls all run the same way: ``job(row)`` s
 ``raise Reject(reason)`` when there is nothing runnable), the base runs the batch's jobs in parallel in
 the sandbox, and ``verdict(row, result)`` returns the rejection reason (None: passed). The base writes
 the verdict under the stage's one name; ``record`` may turn the row into another before it is written.
+
+A job whose harness checks tests gives it a fresh ``Job.sentinel`` (on stdin) to print after the last
+check: a program that exits 0 before that comes back ``incomplete`` (``Result.passed`` is False), so
+an early ``sys.exit(0)`` / ``process.exit(0)`` / ``exit`` never counts as passing.
 """
 
 from __future__ import annotations

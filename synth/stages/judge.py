@@ -2,10 +2,15 @@
 
 ``JudgeStage`` asks the engine for a 1-10 score with a rationale. Small models ignore bare format
 instructions, so the rubric's prompt file carries worked examples as earlier chat turns (few-shot), and
-the reply is parsed leniently. Where the engine can read token probabilities (``choice_logprobs``),
-the score is the expectation over the ten possible scores after "Score:" (G-Eval): a 135M judge writes
-"Score: 1" for nearly everything, yet its distribution still ranks responses. A reward model scorer
-(``synth.stages.reward``) plugs in through the same ``Scorer`` protocol.
+the reply is parsed leniently. Where the engine can read token probabilities (``choice_logprobs``:
+hf and vllm teacher-forced, openai from the reply's ``top_logprobs``), the score is the expectation
+over the ten possible scores after "Score:" (G-Eval): a 135M judge writes "Score: 1" for nearly
+everything, yet its distribution still ranks responses. The ten scores are read as *whole* labels
+(``synth.engines.choices``): " 1" then something that is not a digit, " 10" then the same, so a
+judge certain of 10 scores 10 even where " 10" is " 1" + "0". Where the engine (or server) gives no
+probabilities the score is the number the reply wrote; ``meta["judge_score_method"]`` says which
+("logprobs" or "text") for every row. A reward model scorer (``synth.stages.reward``) plugs in
+through the same ``Scorer`` protocol.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from synth.engines.base import Engine, Request, SamplingParams
 from synth.prompts import Prompt
@@ -45,9 +50,14 @@ def parse_judgement(text: str) -> tuple[float, str] | None:
 SCORE_CHOICES = tuple(f" {i}" for i in range(1, 11))
 
 
-def expected_score(logprobs: dict[str, float]) -> float:
-    """Probability-weighted mean of the scores 1-10, renormalised over those ten choices."""
-    top = max(logprobs.values())
+def expected_score(logprobs: dict[str, float]) -> float | None:
+    """Probability-weighted mean of the scores 1-10, renormalised over those ten choices.
+
+    The choices must be disjoint outcomes (whole labels, as ``choice_logprobs`` gives them): the
+    probability of " 1" must not contain that of " 10". None when no score has any probability."""
+    top = max(logprobs.values(), default=-math.inf)
+    if not math.isfinite(top):
+        return None
     weights = {int(c): math.exp(lp - top) for c, lp in logprobs.items()}
     return sum(s * w for s, w in weights.items()) / sum(weights.values())
 
@@ -58,6 +68,7 @@ class Judgement:
     text_score: float | None  # the number the judge wrote, if any
     rationale: str
     reply: str
+    method: str | None = None  # "logprobs" (expectation) | "text" (the written number) | None
 
 
 def judge(
@@ -76,8 +87,12 @@ def judge(
     for reply, dist in zip(replies, dists, strict=True):
         parsed = parse_judgement(reply)
         text_score, rationale = parsed if parsed else (None, reply.strip())
-        score = round(expected_score(dist), 4) if dist is not None else text_score
-        out.append(Judgement(score, text_score, rationale, reply))
+        expected = expected_score(dist) if dist else None
+        if expected is not None:
+            score, method = round(expected, 4), "logprobs"
+        else:
+            score, method = text_score, ("text" if text_score is not None else None)
+        out.append(Judgement(score, text_score, rationale, reply, method))
     return out
 
 
@@ -86,10 +101,12 @@ class JudgeStage:
     """The judge stage kind, behind every LLM judge: a rubric prompt file (system, few-shot verdicts,
     the user turn over ``variables(row)``), a 1-10 scale, and an optional threshold.
 
-    Writes ``scores[score]`` and the reply, rationale and written number into ``meta``; rejects
+    Writes ``scores[score]`` and the reply, rationale, written number and how the score was read
+    (``judge_score_method``: "logprobs" or "text") into ``meta``; rejects
     'judge_unparseable' (no score at all) and, with a threshold, 'below_threshold'.
     """
 
+    concurrent: ClassVar[bool] = True  # batches may run in threads at once (Run.overlap)
     name: str
     engine: Engine
     prompt: Prompt
@@ -100,7 +117,7 @@ class JudgeStage:
     use_logprobs: bool = True  # when the engine offers choice_logprobs
 
     def __call__(self, records: list[Any]) -> list[Any]:
-        requests = [Request.chat(self.prompt.messages(**self.variables(r))) for r in records]
+        requests = [Request.chat(self.prompt.messages(**self.variables(r)), id=r.id) for r in records]
         for rec, j in zip(
             records, judge(self.engine, requests, self.max_tokens, self.use_logprobs), strict=True
         ):
@@ -109,6 +126,7 @@ class JudgeStage:
                 rec.reject(self.name, "judge_unparseable")
                 continue
             rec.scores[self.score] = j.score
+            rec.meta["judge_score_method"] = j.method
             rec.meta["judge_text_score"] = j.text_score
             rec.meta["judge_rationale"] = j.rationale
             if self.threshold is not None and j.score < self.threshold:
@@ -119,9 +137,16 @@ class JudgeStage:
 
 
 def question_answer(rec: SFTRecord) -> dict[str, str]:
-    """The general judge's variables: the last user turn and the response."""
-    users = [m.content for m in rec.prompt if m.role == "user"]
-    return {"question": users[-1] if users else rec.prompt[-1].content, "answer": rec.response or ""}
+    """The general judge's variables: the whole conversation before the response, as ``history``
+    (every turn before the last user turn, system prompt included, one "Role: text" block each;
+    empty for a single-turn prompt) and ``question`` (the last user turn), and the ``answer``."""
+    prompt = list(rec.prompt)
+    last = max((i for i, m in enumerate(prompt) if m.role == "user"), default=len(prompt) - 1)
+    history = "\n\n".join(f"{m.role.capitalize()}: {m.content}" for m in prompt[:last])
+    question = "\n\n".join(
+        [prompt[last].content, *(f"{m.role.capitalize()}: {m.content}" for m in prompt[last + 1 :])]
+    )
+    return {"history": history, "question": question, "answer": rec.response or ""}
 
 
 def _has_choice_logprobs(engine: Engine) -> bool:

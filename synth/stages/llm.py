@@ -6,14 +6,20 @@ becomes a row (``parse``). The base renders the prompt for each input, asks the 
 batch at once (``n`` samples each), stamps provenance (capability, model, engine, round, sampling, the
 prompt's content hash), writes the verdict under the stage's one name, and keeps a reply that cannot be
 parsed (``raise Reject(reason)``) as an ``Unparsed`` row with the raw text and the reason.
+
+Before any engine sees a prompt, the base checks its length where the engine can tell
+(``context_length`` and ``count_prompt_tokens``, see ``synth.engines.base``): a prompt whose tokens
+exceed the context less ``max_tokens`` becomes one ``Unparsed`` row rejected as 'prompt_too_long'
+(``meta["detail"]``: "9,812 tokens > 8,192 - 256"), and the other rows of the batch go on. A huge
+prompt is not tokenized in full: its size in bytes, or a prefix, proves it too long.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from synth.engines.base import Completion, Engine, Request, SamplingParams
+from synth.engines.base import Completion, Engine, Request, SamplingParams, TokenCount
 from synth.prompts import Prompt
 from synth.records import Provenance, Record, Unparsed
 
@@ -30,6 +36,8 @@ class Reject(Exception):  # noqa: N818 - a verdict, not an error
 
 @dataclass(kw_only=True)
 class LLMStage:
+    # batches may run in threads at once (Run.overlap): a stage keeps no state across batches
+    concurrent: ClassVar[bool] = True
     name: str
     engine: Engine
     sampling: SamplingParams
@@ -81,14 +89,17 @@ class LLMStage:
     def __call__(self, items: list[Any]) -> list[Record]:
         asked = [item for item in items if self.asks(item)]
         conversations = [self.messages(item) for item in asked]
-        replies = (
-            self.engine.generate([Request.chat(c) for c in conversations], self.sampling) if asked else []
-        )
-        answers = {
-            id(item): (conv, comps) for item, conv, comps in zip(asked, conversations, replies, strict=True)
-        }
+        requests = [Request.chat(c, id=str(item.id)) for item, c in zip(asked, conversations, strict=True)]
+        too_long = self.too_long(requests)
+        go = [i for i in range(len(asked)) if i not in too_long]
+        replies = self.engine.generate([requests[i] for i in go], self.sampling) if go else []
+        answers = {id(asked[i]): (conversations[i], comps) for i, comps in zip(go, replies, strict=True)}
+        long_items = {id(asked[i]): (conversations[i], detail) for i, detail in too_long.items()}
         out: list[Record] = []
         for item in items:
+            if id(item) in long_items:
+                out.append(self._too_long_row(item, *long_items[id(item)]))
+                continue
             if id(item) not in answers:
                 item.keep(self.name)
                 out.append(item)
@@ -107,3 +118,30 @@ class LLMStage:
                     rec.keep(self.name)
                 out.append(rec)
         return out
+
+    # -- the prompt budget -----------------------------------------------------------------------------
+    def too_long(self, requests: list[Request]) -> dict[int, str]:
+        """Index -> detail for each request whose prompt leaves no room for ``max_tokens`` in the
+        engine's context; {} where the engine cannot tell (no context length or no counter)."""
+        engine = getattr(self.engine, "inner", self.engine)  # a cache wrapper counts with its engine
+        context = getattr(engine, "context_length", None)
+        count = getattr(engine, "count_prompt_tokens", None)
+        if not requests or not context or not callable(count):
+            return {}
+        limit = context - self.sampling.max_tokens
+        out = {}
+        for i, r in enumerate(requests):
+            n: TokenCount | None = count(r, max(limit, 0))
+            if n is not None and n.tokens > limit:
+                size = f"{n.tokens:,}" if n.exact else f"at least {n.tokens:,}"
+                out[i] = f"{size} tokens > {context:,} - {self.sampling.max_tokens:,}"
+        return out
+
+    def _too_long_row(self, item: Any, conv: list[dict[str, str]], detail: str) -> Record:
+        chars = sum(len(m.get("content") or "") for m in conv)
+        preview = conv[-1]["content"][:200] if conv else ""
+        meta = {"prompt": preview, "prompt_chars": chars, "detail": detail}
+        rec = Unparsed(id=self.output_id(item, 0), input_id=item.id, raw="", meta=meta)
+        rec.reject(self.name, "prompt_too_long")
+        rec.provenance = self.provenance(item)
+        return rec

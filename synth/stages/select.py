@@ -48,7 +48,7 @@ def quantile(values: list[float], q: float) -> float:
 
 
 def top_quantile(
-    records: list[SFTRecord], score: str, fraction: float = 0.25, stage: str = "top_quartile"
+    records: list[SFTRecord], score: str, fraction: float = 0.25, stage: str = "top_fraction"
 ) -> list[SFTRecord]:
     """Keep records whose score reaches the top ``fraction`` (ties at the threshold stay)."""
     scored = [r.scores[score] for r in records if score in r.scores]
@@ -155,7 +155,7 @@ class TopFraction:
 
     score: str
     fraction: float = 0.25
-    name: str = "top_quartile"
+    name: str = "top_fraction"
     threshold: float = field(default=math.inf, init=False)
 
     def prepare(self, run: Any, source: Any) -> None:

@@ -6,13 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sandboxes import Job, Limits
+from sandboxes import Job, Limits, new_sentinel
 from synth.prompts import load_prompt
 from synth.records import Item, Message, SFTRecord
 from synth.stages.llm import LLMStage
 
 CAPABILITY = "code"
 FEEDBACK_CHARS = 1500  # tail of a traceback / lint report that goes back into a prompt
+EXITED_EARLY = "exited_early"  # exit status 0 without the harness's sentinel (``Job.sentinel``)
 
 
 @dataclass(kw_only=True)
@@ -36,10 +37,22 @@ def block(code: str, limit: int | None = None) -> str:
     return code.strip("\n")
 
 
-def python_job(code: str, script: str, limits: Limits, entry: str = "test_solution.py", **files: str) -> Job:
-    """``solution.py`` next to the test script ``test_solution.py`` (and any other ``files``)."""
-    files = {"solution.py": code, "test_solution.py": script, **files}
-    return Job(files=files, language="python", entry=entry, limits=limits)
+def python_job(
+    code: str,
+    script: str,
+    limits: Limits,
+    entry: str = "test_solution.py",
+    files: dict[str, str] | None = None,
+    prove: bool = True,
+) -> Job:
+    """``solution.py`` next to the test script ``test_solution.py`` (and any other ``files``). With
+    ``prove`` the harness gets a fresh sentinel on stdin (``build_test_script``): the run passes only
+    when every check ran, not when something exited 0 before."""
+    files = {"solution.py": code, "test_solution.py": script, **(files or {})}
+    if not prove:
+        return Job(files=files, language="python", entry=entry, limits=limits)
+    token = new_sentinel()
+    return Job(files=files, language="python", entry=entry, limits=limits, stdin=token + "\n", sentinel=token)
 
 
 def sft_row(item: Item, user: str, assistant: str, **meta: Any) -> SFTRecord:

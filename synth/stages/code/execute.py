@@ -3,9 +3,14 @@
 The rule, checked in order; the first failure is the rejection reason the funnel counts and its detail is
 the feedback a repair round gets: ``no_code`` (no code in the reply), ``syntax_error`` / ``lint`` (ruff),
 ``no_tests`` / ``tests_syntax_error`` / ``weak_tests`` (the test script), then the sandbox run:
-``test_failed`` (an assertion failed), ``runtime_error`` (any other exception), ``timeout``, ``oom``,
+``test_failed`` (an assertion failed), ``runtime_error`` (any other exception), ``exited_early`` (exit
+status 0 before the harness printed the run's sentinel, i.e. before every test ran: ``sys.exit(0)``,
+``os._exit(0)``, ``raise SystemExit`` in the solution or early in the tests), ``timeout``, ``oom``,
 ``output_limit``, ``sandbox_error`` (the sandbox itself failed: not the model's fault, not repaired).
 A candidate that passes is kept. Every run is appended to the candidate's ``attempts``.
+
+Execution round ``repair_round`` n (stage ``execute_round{n}``) runs what repair round n produced (0:
+the first try); ``round`` elsewhere is the post-training round the rows belong to (provenance).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sandboxes import Job, Result
-from synth.stages.code.common import python_job, tail
+from synth.stages.code.common import EXITED_EARLY, python_job, tail
 from synth.stages.code.items import Attempt, Candidate
 from synth.stages.code.static import Finding, ruff_check, verdict
 from synth.stages.code.unittests import NO_ASSERT_EXIT, NO_ASSERT_MESSAGE, build_test_script
@@ -30,6 +35,8 @@ def classify(result: Result) -> str | None:
     status = result.status
     if status in ("timeout", "oom", "output_limit"):
         return status
+    if status == "incomplete":
+        return EXITED_EARLY
     if status == "error":
         return "sandbox_error"
     if result.exit_code == NO_ASSERT_EXIT and NO_ASSERT_MESSAGE in result.stderr:
@@ -43,6 +50,12 @@ def describe(result: Result) -> str:
     parts = [f"Exit status: {result.status} (exit code {result.exit_code})."]
     if result.timed_out:
         parts.append(f"The program did not finish within the time limit ({result.wall_s:.1f}s).")
+    if result.status == "incomplete":
+        parts.append(
+            "The program exited before the tests finished: something called an exit (sys.exit, "
+            "os._exit, raise SystemExit, process.exit, exit) before the last check ran, so the run "
+            "does not count as passed."
+        )
     if result.stdout.strip():
         parts.append("stdout:\n" + tail(result.stdout, 400))
     if result.stderr.strip():
@@ -54,15 +67,15 @@ def describe(result: Result) -> str:
 
 @dataclass(kw_only=True)
 class Execute(ExecuteStage):
-    """Round ``round`` of the loop (stage ``execute_round{round}``): ruff once per batch, then each
-    candidate's tests in the sandbox."""
+    """Execution after repair round ``repair_round`` (stage ``execute_round{repair_round}``; 0: the first
+    try): ruff once per batch, then each candidate's tests in the sandbox."""
 
     name: str = ""
-    round: int = 0
+    repair_round: int = 0
     _findings: dict[str, list[Finding]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.name = self.name or f"execute_round{self.round}"
+        self.name = self.name or f"execute_round{self.repair_round}"
 
     def __call__(self, candidates: list[Candidate]):
         with_code = [c for c in candidates if c.code]
@@ -99,7 +112,7 @@ class Execute(ExecuteStage):
             cand.last_run = {k: v for k, v in result.to_dict().items() if k not in ("stdout", "stderr")}
         cand.attempts.append(
             Attempt(
-                round=self.round,
+                repair_round=self.repair_round,
                 code=cand.code,
                 tests=cand.tests,
                 passed=reason is None,

@@ -1,8 +1,8 @@
 """The code recipe's typed working items: what flows between its stages, field by field.
 
 A corpus file is a ``Snippet``; the model turns it into ``Problem``s; each problem gets K
-``Candidate``s, which carry their code, tests, round and every executed ``Attempt`` through the repair
-loop (grouped by problem for solutions and pairs). The translation branch carries a ``Translation``
+``Candidate``s, which carry their code, tests, repair round and every executed ``Attempt`` through the
+repair loop (grouped by problem for solutions and pairs). The translation branch carries a ``Translation``
 (the solution's recorded ``IOCase``s, then the translated code), backtranslation a ``Backtranslation``
 (code, its documentation, the code written back). Rows that are exported stay ``SFTRecord`` /
 ``PreferenceRecord``: the stages that end a branch build them.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from synth.records import Item, Message, NonEmpty, register_kind
 
@@ -21,10 +21,16 @@ class _Part(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+def _repair_round() -> Any:
+    """The repair round (0: the first try), never the post-training round (``provenance.round``); rows
+    stored before the rename called it ``round``."""
+    return Field(0, validation_alias=AliasChoices("repair_round", "round"))
+
+
 class Attempt(_Part):
     """One executed version of a candidate and its verdict (``reason`` None: it passed)."""
 
-    round: int
+    repair_round: int = _repair_round()
     code: str | None
     tests: str | None
     passed: bool
@@ -73,7 +79,7 @@ class Candidate(Item):
     sample: int = 0
     code: str | None = None  # None: the reply held no code ('no_code')
     tests: str | None = None
-    round: int = 0  # the repair round that produced ``code`` / ``tests``
+    repair_round: int = _repair_round()  # the repair round that produced ``code`` / ``tests``
     reply: str = ""  # the solve reply
     tests_reply: str | None = None
     repairs: list[str] = Field(default_factory=list)  # the repair replies, round 1, 2, ...
@@ -88,7 +94,9 @@ class Candidate(Item):
     def outcome(self) -> str:
         if not self.kept:
             return "never_passed"
-        return "passed_first_try" if self.round == 0 else f"passed_after_repair_{self.round}"
+        if self.repair_round == 0:
+            return "passed_first_try"
+        return f"passed_after_repair_{self.repair_round}"
 
     @property
     def last_failure(self) -> str | None:

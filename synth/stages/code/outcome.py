@@ -6,6 +6,8 @@ across the loop's stages) with ``Run.grouped``: a problem's candidates arrive to
 saying when they passed ('passed_first_try', 'passed_after_repair_N'), and rejects the rest as
 'never_passed' (the last failure in ``meta['last_failure']``) or as 'duplicate_solution' (same code as
 a kept one of the problem). Every row carries ``meta['outcome']``; ``outcome_counts`` tallies them.
+An SFT row's ``meta['repair_round']`` is the repair round its code passed after (0: first try); the
+post-training round is ``provenance.round``.
 
 ``PreferencePairs``: chosen = a passing solution; rejected = its own first failing version (repaired
 candidates) or a never-passing candidate of the same problem. A pair is only made when the rejected code,
@@ -42,7 +44,7 @@ class Solutions:
         for group in group_by_prompt(candidates).values():  # type: ignore[arg-type]
             seen: set[str] = set()
             # of two identical passing solutions, the one that passed earliest stays
-            for cand in sorted(group, key=lambda c: c.round if c.kept else 0):
+            for cand in sorted(group, key=lambda c: c.repair_round if c.kept else 0):
                 out.append(self.settle(cand, seen))
         return out
 
@@ -60,7 +62,7 @@ class Solutions:
             problem_id=cand.problem_id,
             snippet_id=cand.snippet_id,
             sample=cand.sample,
-            round=cand.round,
+            repair_round=cand.repair_round,
             outcome=outcome,
             code=code,
             tests=cand.tests,

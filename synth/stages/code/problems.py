@@ -25,25 +25,26 @@ MIN_WORDS = 8
 _HEADER = re.compile(r"^\W*problem(?:\s+statement)?\W*?:\W*", re.IGNORECASE | re.MULTILINE)
 
 
-def read_corpus(corpus: str | Path, limit: int | None = None) -> Iterator[Snippet]:
+def read_corpus(corpus: str | Path, limit: int | None = None, round: int = 0) -> Iterator[Snippet]:
     """One snippet per .py file of the corpus (sorted by path; id = the path inside the corpus, with
-    dots), read one at a time. A missing or empty corpus fails here, before any file is read."""
+    dots), read one at a time, stamped with the post-training ``round``. A missing or empty corpus fails
+    here, before any file is read."""
     root = Path(corpus)
     if not root.is_dir():
         raise FileNotFoundError(f"code corpus not found: {root}")
     files = sorted(p for p in root.rglob("*.py") if p.is_file())
     if not files:
         raise FileNotFoundError(f"no .py files in code corpus {root}")
-    return (_snippet(root, path) for path in files[:limit])
+    return (_snippet(root, path, round) for path in files[:limit])
 
 
-def _snippet(root: Path, path: Path) -> Snippet:
+def _snippet(root: Path, path: Path, round: int) -> Snippet:
     rel = path.relative_to(root).as_posix()
     return Snippet(
         id=rel.removesuffix(".py").replace("/", "."),
         path=rel,
         code=path.read_text(encoding="utf-8"),
-        provenance=Provenance(capability=CAPABILITY, source=rel),
+        provenance=Provenance(capability=CAPABILITY, source=rel, round=round),
     )
 
 

@@ -54,5 +54,5 @@ class Repair(CodeStage):
         if new_code == rec.code and new_tests == rec.tests:
             rec.reject(self.name, "no_change")
         else:
-            rec.code, rec.tests, rec.round = new_code, new_tests, self.repair_round
+            rec.code, rec.tests, rec.repair_round = new_code, new_tests, self.repair_round
         return rec

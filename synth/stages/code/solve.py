@@ -1,7 +1,8 @@
 """Solving: K sampled Python solutions per problem, each a ``Candidate`` carried through the repair
-loop: its ``code`` and ``tests`` (what runs next), ``round`` (the repair round that produced them) and
-``attempts`` (every executed version with its verdict and feedback). A reply without code is still a
-candidate (execution rejects it as 'no_code', and a repair round may fix it)."""
+loop: its ``code`` and ``tests`` (what runs next), ``repair_round`` (the repair round that produced
+them; ``provenance.round`` is the post-training round) and ``attempts`` (every executed version with its
+verdict and feedback). A reply without code is still a candidate (execution rejects it as 'no_code', and
+a repair round may fix it)."""
 
 from __future__ import annotations
 

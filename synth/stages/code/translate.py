@@ -6,9 +6,11 @@ every public top-level function wrapped by a recorder, which writes down each ou
 arguments and result are plain JSON (numbers, strings, booleans, null, lists, string-keyed objects):
 ``{"fn", "args", "result"}``. A translated program is run with a small harness in its language that reads
 those cases from stdin, calls each function (by its Python name, or the camelCase form) and compares the
-result (numbers to 1e-9 relative). The rule: pass every case, or be rejected with 'load_error' (syntax or
-top-level error), 'missing_function', 'wrong_output', 'compile_error', 'timeout', ... C++ is not offered:
-its static types need a per-signature harness.
+result (numbers to 1e-9 relative), then prints the run's sentinel (``Job.sentinel``, read from stdin's
+first line) as proof it got through every case. The rule: pass every case, or be rejected with 'load_error'
+(syntax or top-level error), 'missing_function', 'wrong_output', 'exited_early' (exit status 0 without the
+sentinel: ``process.exit`` / PHP ``exit`` before the harness finished), 'compile_error', 'timeout', ...
+C++ is not offered: its static types need a per-signature harness.
 """
 
 from __future__ import annotations
@@ -16,10 +18,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from sandboxes import Job, Limits, Result
+from sandboxes import Job, Limits, Result, new_sentinel
 from synth.engines.base import Completion
 from synth.records import Provenance, SFTRecord
-from synth.stages.code.common import CAPABILITY, CodeStage, block, python_job, sft_row, tail
+from synth.stages.code.common import (
+    CAPABILITY,
+    EXITED_EARLY,
+    CodeStage,
+    block,
+    python_job,
+    sft_row,
+    tail,
+)
 from synth.stages.code.extract import extract_code, fence
 from synth.stages.code.items import IOCase, Translation
 from synth.stages.code.unittests import build_test_script
@@ -85,7 +95,10 @@ print("{CASES_MARKER}" + json.dumps(unique))
 
 _JS_HARNESS = f"""
 ;(function () {{
-  const cases = JSON.parse(require("fs").readFileSync(0, "utf8"));
+  const __synthFs = require("fs");
+  const __synthInput = __synthFs.readFileSync(0, "utf8");
+  const __synthToken = __synthInput.slice(0, __synthInput.indexOf("\\n"));
+  const cases = JSON.parse(__synthInput.slice(__synthInput.indexOf("\\n") + 1));
   const camel = (s) => s.replace(/_([a-z0-9])/g, (_, c) => c.toUpperCase());
   const lookup = (name) => {{
     for (const n of [name, camel(name)]) {{
@@ -117,12 +130,14 @@ _JS_HARNESS = f"""
     }}
   }}
   if (bad) process.exit({WRONG_EXIT});
+  __synthFs.writeSync(1, __synthToken + "\\n");
 }})();
 """
 
 _PHP_HARNESS = f"""<?php
+$__synth_token = trim((string) fgets(STDIN));
+$__synth_cases = json_decode(stream_get_contents(STDIN), true);
 require __DIR__ . "/solution.php";
-$cases = json_decode(stream_get_contents(STDIN), true);
 function __synth_eq($a, $b) {{
     if ((is_int($a) || is_float($a)) && (is_int($b) || is_float($b)))
         return $a == $b || abs($a - $b) <= 1e-9 * max(1, abs($a), abs($b));
@@ -137,7 +152,7 @@ function __synth_eq($a, $b) {{
     return $a === $b;
 }}
 $bad = 0;
-foreach ($cases as $c) {{
+foreach ($__synth_cases as $c) {{
     $name = $c["fn"];
     $camel = lcfirst(str_replace(" ", "", ucwords(str_replace("_", " ", $name))));
     $f = function_exists($name) ? $name : (function_exists($camel) ? $camel : null);
@@ -150,7 +165,9 @@ foreach ($cases as $c) {{
             . ", expected " . json_encode($c["result"]) . "\\n");
     }}
 }}
-exit($bad ? {WRONG_EXIT} : 0);
+if ($bad) exit({WRONG_EXIT});
+fwrite(STDOUT, $__synth_token . "\\n");
+exit(0);
 """
 
 
@@ -166,14 +183,18 @@ def function_names(cases: list[IOCase]) -> list[str]:
 
 
 def translation_job(code: str, language: str, cases: list[IOCase], limits: Limits) -> Job:
-    stdin = json.dumps([c.model_dump() for c in cases])
+    """The translated program with its language's harness; stdin is a fresh sentinel line, then the
+    cases as JSON. The harness prints the sentinel after the last case: a program that exits 0 before
+    (``process.exit``, PHP ``exit``) is 'exited_early'."""
+    token = new_sentinel()
+    stdin = token + "\n" + json.dumps([c.model_dump() for c in cases])
     if language == "javascript":
         return Job(files={"main.js": code + "\n" + _JS_HARNESS}, language="javascript", entry="main.js",
-                   stdin=stdin, limits=limits)  # fmt: skip
+                   stdin=stdin, limits=limits, sentinel=token)  # fmt: skip
     if language == "php":
         src = code if code.lstrip().startswith("<?php") else "<?php\n" + code
         return Job(files={"solution.php": src, "main.php": _PHP_HARNESS}, language="php", entry="main.php",
-                   stdin=stdin, limits=limits)  # fmt: skip
+                   stdin=stdin, limits=limits, sentinel=token)  # fmt: skip
     raise ValueError(f"no translation harness for {language!r}; choose from {', '.join(LANGUAGES)}")
 
 
@@ -181,7 +202,7 @@ def classify_translation(res: Result) -> str | None:
     if res.passed:
         return None
     if res.status != "failed":
-        return {"error": "sandbox_error"}.get(res.status, res.status)
+        return {"error": "sandbox_error", "incomplete": EXITED_EARLY}.get(res.status, res.status)
     return {MISSING_EXIT: "missing_function", WRONG_EXIT: "wrong_output"}.get(res.exit_code, "load_error")
 
 
@@ -195,8 +216,9 @@ class IOCases(ExecuteStage):
     def job(self, sol: SFTRecord) -> Job:
         code = sol.meta["code"]
         script, _, _ = build_test_script(sol.meta["tests"], code)
-        files = {"record.py": _RECORDER}
-        return python_job(code, script or "", self.sandbox.limits, entry="record.py", **files)
+        files = {"record.py": _RECORDER}  # the solution passed already: no proof needed here
+        limits = self.sandbox.limits
+        return python_job(code, script or "", limits, entry="record.py", files=files, prove=False)
 
     def verdict(self, sol: SFTRecord, result: Result) -> str | None:
         return None if read_cases(result) else "no_io_cases"
@@ -210,7 +232,11 @@ class IOCases(ExecuteStage):
             problem_id=sol.meta["problem_id"],
             python=sol.meta["code"],
             cases=read_cases(result) if result is not None else [],
-            provenance=Provenance(capability=CAPABILITY, source=sol.id),
+            provenance=Provenance(
+                capability=CAPABILITY,
+                source=sol.id,
+                round=sol.provenance.round if sol.provenance else 0,
+            ),
         )
 
 

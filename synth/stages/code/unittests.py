@@ -5,6 +5,13 @@ The harness rule, in one place: the script starts with ``from solution import *`
 definitions that would shadow the solution's own names are removed (a test of a copy proves nothing);
 ``test_*`` functions and ``unittest`` cases are called; every ``assert`` (and ``self.assert*``) is
 counted, and a script in which no assertion ran fails ('weak_tests') instead of passing vacuously.
+
+Proof that every test ran: the harness reads a per-run token (``Job.sentinel``) from the first line of
+stdin before ``solution`` is imported and prints it after the last check. Exiting 0 any earlier
+(``sys.exit(0)`` / ``raise SystemExit`` / ``os._exit(0)`` in the solution, on import or in a call, or in
+the tests before their asserts) leaves it unprinted: 'exited_early', not a pass. A successful exit that
+is the script's very last statement (alone or ending a final ``if``, e.g. after ``test_x()`` in an
+``if __name__ == "__main__"`` block) is removed like ``unittest.main()``: every assertion has run by then.
 """
 
 from __future__ import annotations
@@ -21,8 +28,9 @@ NO_ASSERT_EXIT = 3
 NO_ASSERT_MESSAGE = "no assertion ran: the tests must assert on the solution's results"
 
 _PROLOGUE = """\
-from solution import *
 import sys as _synth_sys
+_synth_token = _synth_sys.stdin.readline().strip()
+from solution import *
 _synth_hits = [0]
 def _synth_hit():
     _synth_hits[0] += 1
@@ -42,6 +50,10 @@ def _synth_finish():
     if _synth_hits[0] == 0:
         print({NO_ASSERT_MESSAGE!r}, file=_synth_sys.stderr)
         _synth_sys.exit({NO_ASSERT_EXIT})
+    if _synth_token:  # every check ran: the proof (Job.sentinel)
+        import os
+        _synth_sys.stdout.flush()
+        os.write(1, (_synth_token + "\\n").encode())
 _synth_finish()
 """
 
@@ -100,6 +112,31 @@ def _is_unittest_main(s: ast.stmt) -> bool:
     )
 
 
+def _is_clean_exit(s: ast.stmt) -> bool:
+    """``sys.exit()`` / ``exit(0)`` / ``quit(None)`` / ``os._exit(0)``: a successful exit call."""
+    if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Call)) or s.value.keywords:
+        return False
+    func, args = s.value.func, s.value.args
+    named = isinstance(func, ast.Name) and func.id in ("exit", "quit")
+    dotted = (
+        isinstance(func, ast.Attribute)
+        and isinstance(func.value, ast.Name)
+        and (func.value.id, func.attr) in (("sys", "exit"), ("os", "_exit"))
+    )
+    if not args:  # os._exit() needs its status
+        return named or (dotted and func.attr == "exit")
+    code = args[0].value if len(args) == 1 and isinstance(args[0], ast.Constant) else "?"
+    return (named or dotted) and (code is None or (type(code) in (int, bool) and code == 0))
+
+
+def _drop_final_exit(body: list[ast.stmt]) -> None:
+    """Remove a successful exit that is the script's last statement, or the last of a final ``if``."""
+    if body and _is_clean_exit(body[-1]):
+        body.pop()
+    elif body and isinstance(body[-1], ast.If) and body[-1].body and _is_clean_exit(body[-1].body[-1]):
+        body[-1].body = body[-1].body[:-1] or [ast.Pass()]
+
+
 def build_test_script(tests: str, code: str) -> tuple[str | None, str | None, str]:
     """(script, None, "") or (None, reason, feedback) for a test script that cannot be run."""
     try:
@@ -123,6 +160,7 @@ def build_test_script(tests: str, code: str) -> tuple[str | None, str | None, st
         if isinstance(node, ast.If) and any(_is_unittest_main(s) for s in node.body):
             node.body = [s for s in node.body if not _is_unittest_main(s)] or [ast.Pass()]
         body.append(node)
+    _drop_final_exit(body)
     tree.body = body
     if not any(_is_assertion(s) for s in ast.walk(tree) if isinstance(s, ast.stmt)):
         return None, "weak_tests", "The tests contain no assert statement."

@@ -1,0 +1,1 @@
+"""Readers of transactions kept in other formats."""
