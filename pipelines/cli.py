@@ -176,6 +176,9 @@ def stats(
             f"final rows: sft={summary['rows']['sft']} preference={summary['rows']['preference']}; "
             f"engine cache entries: {summary['engine_cache_entries']}"
         )
+        outcomes = store.get_meta("outcomes")  # a recipe's run in a line (e.g. the executable share)
+        if outcomes:
+            out.print("outcomes: " + ", ".join(f"{k}: {n}" for k, n in outcomes.items()))
     if plot:
         plot_scores(store, str(plot), scores)
         console.print(f"wrote {plot}")

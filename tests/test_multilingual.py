@@ -128,6 +128,27 @@ def test_temperatures_are_drawn_per_prompt_in_range_and_the_same_on_a_rerun():
     assert {drawn_temperature(0, f"p{i}", 0.6, 0.6) for i in range(20)} == {0.6}
 
 
+def test_the_sampler_keeps_no_state_when_batches_run_at_once(scripted_engine):
+    """Run.overlap runs batches of a concurrent stage in threads: each row's provenance must name the
+    temperature it was sampled at."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from synth.engines.base import SamplingParams
+    from synth.stages.multilingual.native import SampleAtDrawnTemperature
+
+    scripted_engine.reply = lambda msgs, j, sampling: time.sleep(0.005) or f"at {sampling.temperature}"
+    stage = SampleAtDrawnTemperature(engine=scripted_engine, sampling=SamplingParams(n=2, seed=0),
+                                     capability="multilingual")  # fmt: skip
+    batches = [[row(f"p{i}", f"Prompt number {i}")] for i in range(24)]
+    with ThreadPoolExecutor(4) as pool:
+        rows = [r for out in pool.map(stage, batches) for r in out]
+    assert len(rows) == 48 and len({r.meta["temperature"] for r in rows}) > 3
+    for r in rows:
+        t = drawn_temperature(0, r.meta["prompt_id"], 0.2, 1.0)
+        assert r.meta["temperature"] == r.provenance.sampling["temperature"] == t and r.response == f"at {t}"
+
+
 def test_round_trip_chrf_keeps_faithful_translations_only():
     from synth.stages.multilingual.items import Translation
 
@@ -312,7 +333,8 @@ def tiny_inputs(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "seeds.jsonl").write_text(
         "".join(json.dumps({"id": k, "prompt": v}) + "\n" for k, v in prompts.items())
     )
-    (tmp_path / "parallel.jsonl").write_text(PARALLEL.read_text().splitlines()[1] + "\n")  # sister-de
+    sister = next(line for line in PARALLEL.read_text().splitlines() if '"id": "sister-de"' in line)
+    (tmp_path / "parallel.jsonl").write_text(sister + "\n")
     return {k: str(tmp_path / f"{k}.jsonl") for k in ("problems", "seeds", "parallel")}
 
 

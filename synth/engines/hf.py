@@ -9,6 +9,9 @@ CPU with AVX512-BF16/AMX): on such a CPU it decodes 1.6-1.9x faster than fp32.
 (``synth.engines.choices``). ``context_length`` is the model's ``max_position_embeddings``;
 ``count_prompt_tokens`` counts the rendered chat with the tokenizer, and proves a huge prompt too long
 from its bytes (or a prefix) without tokenizing it. One call at a time: ``concurrent_calls = False``.
+
+Structured output (``SamplingParams.json_schema`` / ``regex``) is validated and retried
+(``synth.engines.structured``): transformers has no constrained decoding.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from synth.engines.base import (
 )
 from synth.engines.choices import choice_nodes, whole_choice_logprobs
 from synth.engines.embedded import is_embedded, resolve_model
+from synth.engines.structured import generate_checked
 
 
 @lru_cache(maxsize=1)
@@ -62,6 +66,7 @@ class HFEngine:
         dtype: str = "auto",
         batch_size: int = 16,
         threads: int | None = None,
+        structured_retries: int = 3,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -73,6 +78,7 @@ class HFEngine:
             torch.set_num_threads(threads or os.cpu_count() or 1)
         self.dtype = pick_dtype(self.device, dtype)
         self.batch_size = batch_size
+        self.structured_retries = structured_retries
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
@@ -85,6 +91,12 @@ class HFEngine:
 
     # -- the batch interface -------------------------------------------------------------
     def generate(self, requests: list[Request], sampling: SamplingParams) -> list[list[Completion]]:
+        """Structured output (``sampling.json_schema`` / ``regex``): validate and retry (transformers
+        has no constrained decoding): a reply's valid part is kept, an invalid reply is sampled again
+        up to ``structured_retries`` times (``synth.engines.structured``)."""
+        return generate_checked(self._generate, requests, sampling, self.structured_retries, lenient=True)
+
+    def _generate(self, requests: list[Request], sampling: SamplingParams) -> list[list[Completion]]:
         prompts = [self._render(r) for r in requests]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         # big prompts x many samples would blow memory: keep batch_size rows of n samples in flight

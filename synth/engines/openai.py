@@ -24,11 +24,25 @@ Reliability rules:
 * When a request exhausts its retries the whole batch fails with ``EngineError`` naming the index and
   the request id: there are never partial, silent results. Retry warnings name them too.
 
+Several servers (``base_url`` a comma-separated list, or a list): each attempt goes to the server with
+the fewest requests in flight from this engine (ties in turn), so requests spread over all of them. A
+server that cannot be reached (refused, reset, dropped mid-answer) is left out for ``failover_s``
+seconds and the request is sent at once to another one (no backoff while another is up); 429/5xx and
+timeouts are retried with backoff as above, on the least-loaded server. The window is
+``max_concurrency`` times the number of servers (the servers that are up share it). ``/models`` and
+``/tokenize`` are asked of the first server.
+
 Token counts: ``prompt_tokens`` comes from ``usage.prompt_tokens``. The OpenAI API reports only the
 *total* ``usage.completion_tokens`` over all ``n`` choices; it is split across the choices in
 proportion to their text length (largest-remainder rounding, so the per-choice counts sum to the
 server's total; exact for ``n == 1``). A per-choice ``completion_tokens`` field, which some servers
 add, wins over the split. Without ``usage`` the counts are 0.
+
+Structured output (``SamplingParams.json_schema`` / ``regex``): a JSON schema goes as
+``response_format: {"type": "json_schema", ...}``, a regex as vLLM's ``structured_outputs: {"regex"}``.
+Replies are checked here as well (a server may ignore the format): the valid part of a reply is kept, an
+invalid reply is asked for again up to ``structured_retries`` times, then kept with
+``extra["structured_error"]`` (``synth.engines.structured``).
 
 Judge scores (``choice_logprobs``): one greedy request with ``logprobs: true, top_logprobs: N``; the
 distribution over whole choices is read where the reply writes the prefix ("Score:"), see
@@ -67,6 +81,7 @@ from synth.engines.base import (
     truncate_at_stop,
 )
 from synth.engines.choices import path_choice_logprobs
+from synth.engines.structured import constraint, is_valid, mark
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +91,42 @@ LENGTH_REASONS = frozenset({"length", "max_tokens", "model_length"})
 
 
 class _Retryable(Exception):
-    """One failed attempt that may succeed when tried again."""
+    """One failed attempt that may succeed when tried again (``unreachable``: the server could not
+    be reached or dropped the connection; another server may answer at once)."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, retry_after: float | None = None, unreachable: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.unreachable = unreachable
+
+
+class _Servers:
+    """The engine's servers: requests in flight on each, and until when each is left out (after a
+    connection error). Used only on the engine's event loop: no lock."""
+
+    def __init__(self, urls: list[str], failover_s: float) -> None:
+        self.urls = urls
+        self.failover_s = failover_s
+        self.load = [0] * len(urls)
+        self.down_until = [0.0] * len(urls)
+        self._turn = 0
+
+    def pick(self) -> int:
+        """The reachable server with the fewest requests in flight (ties in turn); when every one
+        is left out, the one that comes back first."""
+        now = time.monotonic()
+        n = len(self.urls)
+        up = [i for i in range(n) if self.down_until[i] <= now]
+        self._turn += 1
+        if not up:
+            return min(range(n), key=lambda i: self.down_until[i])
+        return min(up, key=lambda i: (self.load[i], (i - self._turn) % n))
+
+    def unreachable(self, i: int) -> bool:
+        """Leave server ``i`` out for a while; True when another server is up to take the retry."""
+        now = time.monotonic()
+        self.down_until[i] = now + self.failover_s
+        return any(self.down_until[j] <= now for j in range(len(self.urls)) if j != i)
 
 
 class _Permanent(Exception):
@@ -252,7 +298,7 @@ class OpenAIEngine:
     def __init__(
         self,
         model: str,
-        base_url: str,
+        base_url: str | list[str],
         api_key: str | None = None,
         max_concurrency: int = 16,
         max_retries: int = 6,
@@ -262,11 +308,18 @@ class OpenAIEngine:
         max_context: int | None = None,
         top_logprobs: int = 20,
         choice_max_tokens: int = 32,
+        structured_retries: int = 3,
+        failover_s: float = 10.0,
     ) -> None:
         if not model:
             raise EngineError("the openai engine needs a model name (the name the server serves)")
-        if not base_url or not base_url.startswith(("http://", "https://")):
-            raise EngineError(f"base_url must be an http(s) URL, got {base_url!r}")
+        urls = [u.strip() for u in base_url.split(",")] if isinstance(base_url, str) else list(base_url or [])
+        urls = [u for u in urls if u]
+        bad = [u for u in urls if not u.startswith(("http://", "https://"))]
+        if not urls or bad:
+            raise EngineError(
+                f"base_url must be an http(s) URL (or several, comma-separated), got {base_url!r}"
+            )
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")
         if max_retries < 0:
@@ -276,7 +329,9 @@ class OpenAIEngine:
         if max_context is not None and max_context < 1:
             raise ValueError("max_context must be >= 1")
         self.model = model
-        self.base_url = base_url.rstrip("/")
+        self.base_urls = [u.rstrip("/") for u in urls]
+        self.base_url = self.base_urls[0]  # /models and /tokenize are asked of the first server
+        self._servers = _Servers(self.base_urls, float(failover_s))
         self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.max_concurrency = max_concurrency
         self.max_retries = max_retries
@@ -285,6 +340,7 @@ class OpenAIEngine:
         self.backoff_max_s = float(backoff_max_s)
         self.top_logprobs = int(top_logprobs)
         self.choice_max_tokens = int(choice_max_tokens)
+        self.structured_retries = int(structured_retries)
         self._rng = random.Random()
         self._max_context = max_context
         self._context_probed = max_context is not None
@@ -295,7 +351,7 @@ class OpenAIEngine:
 
     def __repr__(self) -> str:  # no api key here, ever
         return (
-            f"OpenAIEngine(model={self.model!r}, base_url={self.base_url!r}, "
+            f"OpenAIEngine(model={self.model!r}, base_url={','.join(self.base_urls)!r}, "
             f"max_concurrency={self.max_concurrency}, max_retries={self.max_retries})"
         )
 
@@ -303,12 +359,17 @@ class OpenAIEngine:
     def url(self) -> str:
         return f"{self.base_url}/chat/completions"
 
+    @property
+    def window(self) -> int:
+        """HTTP calls in flight at most: ``max_concurrency`` per server."""
+        return self.max_concurrency * len(self.base_urls)
+
     # -- the shared loop ---------------------------------------------------------------------
     @property
     def _loop(self) -> _Loop:
         with self._loop_lock:
             if self._loop_obj is None:
-                self._loop_obj = _Loop(self.max_concurrency, self._client_kwargs())
+                self._loop_obj = _Loop(self.window, self._client_kwargs())
                 weakref.finalize(self, self._loop_obj.close)
             return self._loop_obj
 
@@ -316,9 +377,7 @@ class OpenAIEngine:
         headers = {"Content-Type": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        limits = httpx.Limits(
-            max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency
-        )
+        limits = httpx.Limits(max_connections=self.window, max_keepalive_connections=self.window)
         return {"headers": headers, "timeout": httpx.Timeout(self.timeout_s), "limits": limits}
 
     def close(self) -> None:
@@ -373,7 +432,7 @@ class OpenAIEngine:
                 results[i] = await job(i, client, sem)
 
         # workers, not one task per request: a million-request batch stays small in memory
-        n_workers = min(len(requests), self.max_concurrency * 4)
+        n_workers = min(len(requests), self.window * 4)
         try:
             async with asyncio.TaskGroup() as tg:
                 for _ in range(n_workers):
@@ -392,9 +451,10 @@ class OpenAIEngine:
         sampling: SamplingParams,
     ) -> list[Completion]:
         got: list[Completion] = []
+        retried = 0  # structured output: rounds that asked again for replies that failed the check
         while len(got) < sampling.n:
             want = sampling.n - len(got)
-            seed = None if sampling.seed is None else sampling.seed + len(got)
+            seed = None if sampling.seed is None else sampling.seed + len(got) + 1_000_003 * retried
             body: dict[str, Any] = {
                 "model": self.model,
                 "messages": [dict(m) for m in request.messages],
@@ -407,12 +467,20 @@ class OpenAIEngine:
                 body["stop"] = list(sampling.stop)
             if seed is not None:
                 body["seed"] = seed
+            body.update(structured_body(sampling))
             data = await self._post(client, sem, index, request, body)
             comps = self._parse(data, sampling)[:want]
             if not comps:  # _attempt retries an answer without choices; never loop on one
                 raise EngineError(f"openai engine: {_label(index, request)}: an answer without choices")
             if len(comps) < want:
                 log.debug("%s: asked for %d choices, got %d", _label(index, request), want, len(comps))
+            if constraint(sampling) is not None:  # checked here too: a server may ignore the format
+                for c in comps:
+                    mark(c, sampling, lenient=True)
+                    c.extra["structured_attempts"] = retried + 1
+                if retried < self.structured_retries and not all(is_valid(c) for c in comps):
+                    retried += 1  # keep the valid ones, ask again for the rest
+                    comps = [c for c in comps if is_valid(c)]
             got.extend(comps)
         return got
 
@@ -426,19 +494,27 @@ class OpenAIEngine:
     ) -> dict[str, Any]:
         last = ""
         label = _label(index, request)
+        url = self.url
         for attempt in range(self.max_retries + 1):
+            server = 0
             try:
-                async with sem:
+                async with sem:  # the server is picked as the request goes out: loads are real
+                    server = self._servers.pick()
+                    url = f"{self.base_urls[server]}/chat/completions"
+                    self._servers.load[server] += 1
                     try:
                         async with asyncio.timeout(self.timeout_s):  # the whole attempt, every byte
-                            return await self._attempt(client, body)
+                            return await self._attempt(client, body, url)
                     except TimeoutError:
                         raise _Retryable(f"no complete answer within {self.timeout_s:g}s") from None
+                    finally:
+                        self._servers.load[server] -= 1
             except _Retryable as e:
                 last = str(e)
+                failover = e.unreachable and self._servers.unreachable(server)
                 if attempt == self.max_retries:
                     break
-                delay = self._backoff(attempt, e.retry_after)
+                delay = 0.0 if failover else self._backoff(attempt, e.retry_after)
                 log.warning(
                     "openai engine: %s attempt %d/%d failed (%s); retrying in %.2fs",
                     label,
@@ -449,19 +525,22 @@ class OpenAIEngine:
                 )
                 await asyncio.sleep(delay)
             except _Permanent as e:
-                raise EngineError(f"openai engine: {label}: {e} ({self.url})") from None
+                raise EngineError(f"openai engine: {label}: {e} ({url})") from None
         raise EngineError(
-            f"openai engine: {label} failed after {self.max_retries + 1} attempts; "
-            f"last error: {last} ({self.url})"
+            f"openai engine: {label} failed after {self.max_retries + 1} attempts; last error: {last} ({url})"
         )
 
-    async def _attempt(self, client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+    async def _attempt(self, client: httpx.AsyncClient, body: dict[str, Any], url: str) -> dict[str, Any]:
         try:
-            resp = await client.post(self.url, json=body)
+            resp = await client.post(url, json=body)
+        except httpx.ConnectTimeout as e:  # nobody answers there: another server may
+            raise _Retryable(
+                f"timeout after {self.timeout_s:g}s ({type(e).__name__})", unreachable=True
+            ) from None
         except httpx.TimeoutException as e:
             raise _Retryable(f"timeout after {self.timeout_s:g}s ({type(e).__name__})") from None
         except httpx.TransportError as e:  # refused, reset, dropped mid-answer, protocol errors
-            raise _Retryable(f"{type(e).__name__}: {e or 'connection error'}") from None
+            raise _Retryable(f"{type(e).__name__}: {e or 'connection error'}", unreachable=True) from None
         status = resp.status_code
         if status == 200:
             try:
@@ -613,6 +692,18 @@ class OpenAIEngine:
             return None
         count = resp.json().get("count")
         return count if isinstance(count, int) else None
+
+
+def structured_body(sampling: SamplingParams) -> dict[str, Any]:
+    """The request fields that constrain the reply: the OpenAI API's ``response_format`` for a JSON
+    schema; vLLM's ``structured_outputs`` extension for a regex (the OpenAI API has none)."""
+    c = constraint(sampling)
+    if c is None:
+        return {}
+    kind, spec = c
+    if kind == "json":
+        return {"response_format": {"type": "json_schema", "json_schema": {"name": "reply", "schema": spec}}}
+    return {"structured_outputs": {"regex": spec}}
 
 
 def _label(index: int, request: Request) -> str:

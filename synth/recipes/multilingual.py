@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -104,10 +105,12 @@ class MultilingualConfig(RecipeConfig):
         SHIPPED_SEEDS,
         "JSONL of native prompts; a row may declare its language: {'meta': {'language': 'de'}}.",
     )
+    seeds_limit: int = option(0, "Use only the first N native prompts (0: all).", min=0)
     parallel: str = option(
         SHIPPED_PARALLEL,
         "JSONL of sentence pairs {'id', 'source_language', 'source', 'target_language', 'target'}.",
     )
+    parallel_limit: int = option(0, "Use only the first N sentence pairs (0: all).", min=0)
     temperature_min: float = option(0.2, "Native prompts: lowest drawn temperature (Llama 3: 0.2).", min=0.0)
     temperature_max: float = option(1.0, "Native prompts: highest drawn temperature (Llama 3: 1).", min=0.0)
     reward_model: str | None = option(
@@ -174,7 +177,9 @@ class MultilingualConfig(RecipeConfig):
 def _parallel_pairs(cfg: MultilingualConfig, run: Run):
     """The parallel pairs, each language checked against the translation prompt's examples."""
     examples = load_prompt("multilingual/translate").data["examples"]
-    for pair in read_parallel(cfg.parallel, skip_invalid=cfg.skip_invalid, on_bad=run.quarantine):
+    pairs = read_parallel(cfg.parallel, skip_invalid=cfg.skip_invalid, on_bad=run.quarantine,
+                          limit=cfg.parallel_limit or None)  # fmt: skip
+    for pair in pairs:
         missing = [x for x in (pair.source_language, pair.target_language) if x not in examples]
         if missing:
             raise ConfigError(
@@ -223,8 +228,8 @@ def multilingual(run: Run, cfg: MultilingualConfig) -> Outputs:
     # 2. rejection-sampled native prompts: language-checked before selection, best of K by judge or RM
     if "native" in cfg.parts:
         sources.append(_source("seeds", cfg.seeds, SHIPPED_SEEDS))
-        seeds = run.source("seeds", read_seeds(cfg.seeds, CAPABILITY, skip_invalid=cfg.skip_invalid,
-                                               on_bad=run.quarantine))  # fmt: skip
+        rows = read_seeds(cfg.seeds, CAPABILITY, skip_invalid=cfg.skip_invalid, on_bad=run.quarantine)
+        seeds = run.source("seeds", islice(rows, cfg.seeds_limit or None))
         prompts = run.map(LanguageStage("prompt_language", lid, _prompt, allowed=targets), seeds, 1000)
         low, high = cfg.temperature_min, cfg.temperature_max
         sample = SampleAtDrawnTemperature(

@@ -55,7 +55,7 @@ from synth.stages.execute import Sandbox
 from synth.stages.judge import JudgeStage
 from synth.stages.tools.calculator import Calculator
 from synth.stages.tools.calls import STOP
-from synth.stages.tools.registry import CORE_TOOLS, Toolbox, core_specs, function_specs
+from synth.stages.tools.registry import CORE_TOOLS, Toolbox, core_specs, function_specs, sandbox_import_error
 from synth.stages.tools.search import SearchIndex, read_documents
 from synth.stages.tools.stages import (
     Act,
@@ -95,7 +95,10 @@ class ToolsConfig(RecipeConfig):
         2, "Requests with their call written per user function from its documentation (APIGen).", min=0
     )
     max_calls: int = option(3, "Tool calls a trace may make before it must answer.", min=1)
-    max_tokens: int = option(256, "Max new tokens per model call.", min=1)
+    max_tokens: int = option(256, "Max new tokens of a turn of a trace.", min=1)
+    request_max_tokens: int = option(
+        96, "Max new tokens of a written request (single-, multi-step or APIGen with its call).", min=1
+    )
     search_k: int = option(3, "Passages one search returns.", min=1)
     semantic_threshold: float = option(
         6.0, "APIGen's semantic check: keep calls the judge rates at least this (1-10).", min=1, max=10
@@ -139,6 +142,11 @@ class ToolsConfig(RecipeConfig):
             next(read_documents(self.corpus))  # a missing or empty corpus stops here
         if "python" in self.core_tools or self.tools:
             self.sandbox().check()  # no isolation here: stop before any work, not at the first call
+        if self.tools:  # the functions run in the sandbox: they must import there
+            problem = sandbox_import_error(Path(self.tools).read_text(encoding="utf-8"), self.sandbox())
+            if problem:
+                raise ConfigError(f"--tools {self.tools}: does not import in the sandbox ({problem}); "
+                                  "a tools file may use the standard library only")  # fmt: skip
 
 
 @recipe("tools", ToolsConfig)
@@ -172,14 +180,14 @@ def tools(run: Run, cfg: ToolsConfig) -> Outputs:
     try:
         # 2. synthetic requests: one call (single-step), at least two (multi-step)
         requests = []
+        short = dict(max_tokens=cfg.request_max_tokens, stop=("\n\n",))  # a request: one paragraph
         if cfg.queries_per_tool:
-            write = WriteQueries(
-                mode="single", sampling=cfg.sampling(n=cfg.queries_per_tool), topics=topics, **llm
-            )
+            sampling = cfg.sampling(n=cfg.queries_per_tool, **short)
+            write = WriteQueries(mode="single", sampling=sampling, topics=topics, **llm)
             requests.append(run.map(write, tool_rows, bs))
         if cfg.multi_per_tool:
-            write = WriteQueries(mode="multi", sampling=cfg.sampling(n=cfg.multi_per_tool), tools_lines=lines,
-                                 topics=topics, **llm)  # fmt: skip
+            sampling = cfg.sampling(n=cfg.multi_per_tool, **short)
+            write = WriteQueries(mode="multi", sampling=sampling, tools_lines=lines, topics=topics, **llm)
             requests.append(run.map(write, tool_rows, bs))
 
         # 3. K traces per request, ReAct-style: a turn, its call checked and executed, the next turn ...
@@ -201,7 +209,8 @@ def tools(run: Run, cfg: ToolsConfig) -> Outputs:
 
         # 4. function calling from documentation (APIGen): format, execution, semantic checks, answer
         if functions and cfg.apigen_per_function:
-            write = WriteCalls(sampling=cfg.sampling(n=cfg.apigen_per_function), **llm)
+            sampling = cfg.sampling(n=cfg.apigen_per_function, max_tokens=cfg.request_max_tokens)
+            write = WriteCalls(sampling=sampling, **llm)
             calls = run.map(write, Rows(("functions",)), bs)
             formatted = run.map(FormatCheck(toolbox), calls, 1000)
             ran = run.map(

@@ -41,20 +41,22 @@ class SampleAtDrawnTemperature(Respond):
         return drawn_temperature(self.sampling.seed, item.id, self.low, self.high, self.step)
 
     def __call__(self, items: list[Any]) -> list[Record]:
-        base = self.sampling
         groups: dict[float, list[Any]] = defaultdict(list)
         for item in items:
             groups[self.temperature(item)].append(item)
         out: list[Record] = []
-        try:
-            for t in sorted(groups):
-                self.sampling, self._sampling = replace(base, temperature=t), None
-                for rec in super().__call__(groups[t]):
-                    rec.meta["temperature"] = t
-                    out.append(rec)
-        finally:
-            self.sampling, self._sampling = base, None
-        return out
+        for t in sorted(groups):
+            # a copy per temperature: batches may run in threads at once, the stage itself never changes
+            at_t = replace(self, sampling=replace(self.sampling, temperature=t))
+            for rec in Respond.__call__(at_t, groups[t]):
+                rec.meta["temperature"] = t
+                out.append(rec)
+        order = {item.id: i for i, item in enumerate(items)}  # rows in the order of their prompts
+
+        def prompt_of(r: Record) -> str:
+            return r.meta.get("prompt_id") or getattr(r, "input_id", r.id)
+
+        return sorted(out, key=lambda r: order.get(prompt_of(r), 0))
 
     def provenance(self, item: Any) -> Provenance:
         p = super().provenance(item)

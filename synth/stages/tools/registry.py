@@ -142,6 +142,18 @@ def function_specs(
     return specs, skipped
 
 
+def sandbox_import_error(module_text: str, sandbox: Sandbox) -> str | None:
+    """Why a tools file does not import in the sandbox (a package the system's Python lacks, a
+    syntax the sandbox's Python does not read), or None."""
+    job = Job(files={MODULE: module_text, "check_import.py": "import tools_module\n"}, language="python",
+              entry="check_import.py", limits=sandbox.limits)  # fmt: skip
+    (result,) = sandbox.run([job])
+    if result.passed:
+        return None
+    lines = (result.stderr.strip() or result.error or f"exit code {result.exit_code}").splitlines()
+    return lines[-1] if lines else result.status
+
+
 @dataclass
 class Execution:
     """What running one call gave: the result (or error) text and the rejection reason, if any."""

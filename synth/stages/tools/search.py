@@ -5,7 +5,8 @@ passages (paragraphs, merged up to about ``PASSAGE_CHARS`` characters), each a `
 its file, title (the first Markdown heading, else the file name) and text; the recipe stores them as a
 source, so a run resumed over an edited corpus is refused. ``SearchIndex`` ranks passages with Okapi
 BM25 (``rank_bm25``; DuckDB's own full-text extension is downloaded at first use, which this machine
-cannot) over lower-cased word tokens without English stop words, the title counted with its passage.
+cannot) over lower-cased, lightly stemmed word tokens without English stop words, the title
+counted with its passage.
 """
 
 from __future__ import annotations
@@ -91,8 +92,21 @@ class Passage(Item):
     text: str
 
 
+def stem(word: str) -> str:
+    """A light suffix stemmer (opening, opens -> open; libraries -> library; hours -> hour)."""
+    if len(word) > 5 and word.endswith("ing"):
+        return word[:-3]
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 4 and word.endswith("ed") and not word.endswith("eed"):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
 def tokens(text: str) -> list[str]:
-    return [t for t in _WORD.findall(text.lower()) if t not in STOP_WORDS]
+    return [stem(t) for t in _WORD.findall(text.lower()) if t not in STOP_WORDS]
 
 
 def _paragraphs(text: str) -> list[str]:
