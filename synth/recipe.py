@@ -251,7 +251,7 @@ def run_recipe(name: str, cfg: RecipeConfig, engine: Engine | None = None) -> Ru
     spec = get_recipe(name)
     if not isinstance(cfg, spec.config):
         raise TypeError(f"recipe {name!r} takes a {spec.config.__name__}, got {type(cfg).__name__}")
-    if engine is None and cfg.engine == "auto":  # the run records the engine it runs on
+    if cfg.engine == "auto":  # the run records the engine it runs on (also when one is passed in)
         cfg = dataclasses.replace(cfg, engine=resolve_engine(cfg.engine))
     if engine is None:
         cfg.check_model()

@@ -10,6 +10,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `--engine auto` (the default) is vllm where vllm runs; the suite's tests were written against the hf
+# engine's outputs and times, so they keep it (subprocesses inherit this); vLLM has its own tests
+os.environ.setdefault("SYNTH_AUTO_ENGINE", "hf")
 # exports are memory-mapped through an Arrow cache: keep the suite's out of the user's cache
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="synth-test-hf-"))
 

@@ -72,6 +72,8 @@ def _same_training(single: Path, multi: Path, init: Path) -> tuple[float, float]
 
 @pytest.mark.slow
 def test_zero2_and_zero3_on_two_cpu_processes_match_one_process(toy):
+    import torch
+
     from synth.config import build
     from train.options import DPOOptions, SFTOptions
 
@@ -103,9 +105,14 @@ def test_zero2_and_zero3_on_two_cpu_processes_match_one_process(toy):
         assert {(r["world"], r["backend"], r["rank"]) for r in seen} == {(2, "gloo", rank)}
         assert [r["batches"] for r in seen] == [32 // GLOBAL_BATCH] * 3  # each rank: half of every step
 
-    # one process, the same global batch and steps, no DeepSpeed
-    build(SFTOptions, _opts(_common("sft", data, model, root / "sft_single", GLOBAL_BATCH))).run()
-    build(DPOOptions, _opts(_common("dpo", data, model, root / "dpo_single", GLOBAL_BATCH))).run()
+    # one process, the same global batch and steps, no DeepSpeed (one torch thread, as each rank)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        build(SFTOptions, _opts(_common("sft", data, model, root / "sft_single", GLOBAL_BATCH))).run()
+        build(DPOOptions, _opts(_common("dpo", data, model, root / "dpo_single", GLOBAL_BATCH))).run()
+    finally:
+        torch.set_num_threads(threads)
     for single, multi in [
         ("sft_single", "sft_zero2"),
         ("dpo_single", "dpo_zero2"),

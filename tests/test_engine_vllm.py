@@ -4,11 +4,13 @@ started once per session (``vllm_engine`` in conftest). Where vLLM does not run 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,11 @@ def test_auto_is_vllm_where_it_runs_else_hf(monkeypatch):
     from synth.recipe import RecipeConfig
 
     assert RecipeConfig.__dataclass_fields__["engine"].default == "auto"
+    assert os.environ["SYNTH_AUTO_ENGINE"] == "hf"  # conftest: the hf-written tests stay on hf
+    assert resolve_engine("auto") == "hf"
+    monkeypatch.setenv("SYNTH_AUTO_ENGINE", "vllm")
+    assert resolve_engine("auto") == "vllm"
+    monkeypatch.delenv("SYNTH_AUTO_ENGINE")
     assert resolve_engine("auto") == ("vllm" if vllm_runs_here() else "hf")
     assert resolve_engine("hf") == "hf" and resolve_engine("openai") == "openai"
     import importlib.util
@@ -146,27 +153,60 @@ def test_prompt_budget(vllm_engine, hf_engine):
 
 
 @pytest.mark.slow
-def test_cli_run_general_with_vllm(tmp_path):
-    """`synth run general --engine vllm` from the command line: the engine core starts in a spawned
-    child, so this is the path a script without a __main__ guard would break."""
+def test_cli_default_engine_is_vllm_and_a_killed_run_leaves_no_engine_behind(tmp_path):
+    """`synth run general` from the command line, as `make demo` runs it: the default engine (auto) is
+    vllm, its engine core starts in a spawned child (the path a script without a __main__ guard would
+    break). A `kill -9` of the run mid-generation leaves no vllm process behind (the watchdog), and the
+    same command resumes the run to the end."""
+    import psutil
+
     need_vllm()
     seeds = tmp_path / "seeds.jsonl"
-    seeds.write_text("".join(json.dumps({"id": f"s{i}", "prompt": p}) + "\n" for i, p in
-                             enumerate(["Name a fruit.", "Say hello."])))  # fmt: skip
+    prompts = ["Name a fruit.", "Say hello.", "Name a river.", "Count to three."]
+    seeds.write_text("".join(json.dumps({"id": f"s{i}", "prompt": p}) + "\n" for i, p in enumerate(prompts)))
     out = tmp_path / "run"
     synth = Path(sys.executable).with_name("synth")
     kwargs = "engine_kwargs={max_model_len: 1024, kv_cache_gb: 0.25}"
-    cmd = [str(synth), "run", "general", "--seeds", str(seeds), "--out", str(out), "--engine", "vllm",
-           "--k", "2", "--max-tokens", "16", "--set", kwargs]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=os.environ.copy())
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    cmd = [str(synth), "run", "general", "--seeds", str(seeds), "--out", str(out), "--k", "2",
+           "--max-tokens", "16", "--batch-size", "1", "--set", kwargs]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "SYNTH_AUTO_ENGINE"}
+    env["SYNTH_NO_PROGRESS"] = "1"
+    events = out / "events.jsonl"
+
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    engine_procs: list[psutil.Process] = []
+    try:
+        deadline = time.time() + 600
+        while proc.poll() is None and time.time() < deadline:
+            with contextlib.suppress(psutil.Error):
+                kids = [p for p in psutil.Process(proc.pid).children(recursive=True) if "VLLM" in p.name()]
+                engine_procs = kids or engine_procs
+            evs = [json.loads(x) for x in events.read_text().splitlines()] if events.exists() else []
+            if any(e["event"] == "batch_committed" and e["stage"] == "generate" for e in evs):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert engine_procs, "no vllm engine process seen"
+        proc.kill()  # kill -9: no cleanup in the run's process
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    gone, alive = psutil.wait_procs(engine_procs, timeout=30)
+    assert not alive, [p.name() for p in alive]
+
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
     import duckdb
 
     con = duckdb.connect(str(out / "synth.duckdb"), read_only=True)
     try:
-        engines = {r[0] for r in con.execute(
-            "SELECT DISTINCT json_extract_string(data, '$.provenance.engine') FROM records "
-            "WHERE stage = 'generate'").fetchall()}  # fmt: skip
+        (n, engines) = con.execute(
+            "SELECT count(*), list(DISTINCT json_extract_string(data, '$.provenance.engine')) FROM records "
+            "WHERE stage = 'generate'"
+        ).fetchone()
     finally:
         con.close()
-    assert engines == {"vllm"}
+    assert n == 2 * len(prompts) and engines == ["vllm"]
+    assert json.loads(events.read_text().splitlines()[-1])["event"] == "run_done"

@@ -116,6 +116,40 @@ def test_wrong_answers_that_look_right_are_wrong(solution, gold):
     assert not g.correct and g.reason == "wrong_answer", g
 
 
+def test_the_fast_path_for_plain_numbers_agrees_with_math_verify():
+    """Plain numbers skip the parser; they must be judged exactly as math-verify judges them."""
+    import itertools
+
+    from math_verify import parse, verify
+
+    from synth.stages.math.grading import _plain_numbers
+
+    values = ["50", "50\\%", "0.5", "0.5\\%", "\\frac{1}{2}", "1/2", "-0.5", "9", "9\\%", "0.09", "7.0", "7"]
+    decided = 0
+    for gold, answer in itertools.product(values, values):
+        fast = _plain_numbers(gold, answer)
+        if fast is not None:
+            decided += 1
+            assert fast == verify(parse(f"${gold}$"), parse(f"${answer}$")), (gold, answer)
+    assert decided == len(values) ** 2
+
+
+def test_extraction_stays_fast_on_pathological_text():
+    """Extraction runs in the calling process, without a timeout: it must stay linear."""
+    texts = [
+        "\\boxed{" * 100_000,  # a hundred thousand unclosed boxes
+        "The answer is " + "a " * 100_000 + "!",
+        ("The answer is 1 " + "b" * 50 + "!\n") * 10_000,
+        "\\boxed{" + "1 " * 50_000 + "apples}",
+    ]
+    start = time.monotonic()
+    for text in texts:
+        found = extract_answer(text)
+        if found:
+            normalize(found[0])
+    assert time.monotonic() - start < 20
+
+
 def test_math_verify_gives_up_on_a_huge_expression_in_time():
     start = time.monotonic()
     g = grade("The answer is \\boxed{\\frac{10^{10^{8}}}{3}}.", "3", timeout=1)

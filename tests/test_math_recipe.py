@@ -260,7 +260,7 @@ def test_synth_eval_math_on_the_embedded_model(tmp_path, capsys):
     data = tmp_path / "heldout.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in PROBLEMS))
     out = tmp_path / "metrics.json"
-    assert main(["eval", "math", "--data", str(data), "--k", "2", "--max-tokens", "48", "--workers", "1",
+    assert main(["eval", "math", "--data", str(data), "--k", "2", "--max-tokens", "32", "--workers", "1",
                  "--out", str(out)]) == 0  # fmt: skip
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["model"] == "SmolLM2-135M-Instruct" and printed["problems"] == 2
@@ -273,8 +273,8 @@ def test_synth_eval_math_on_the_embedded_model(tmp_path, capsys):
 @pytest.mark.slow
 def test_synth_run_math_on_the_embedded_model(problems, tmp_path, hf_engine):
     """Every stage on the real 135M model; its yield is whatever it is, the mechanics must hold."""
-    cfg = MathConfig(problems=str(problems), out=str(tmp_path / "run"), k=2, code_k=1, code_rounds=1,
-                     max_tokens=64, rollouts=2, rollout_max_tokens=32, grade_workers=1,
+    cfg = MathConfig(problems=str(problems), out=str(tmp_path / "run"), limit=1, k=2, code_k=1,
+                     code_rounds=1, max_tokens=48, rollouts=2, rollout_max_tokens=24, grade_workers=1,
                      batch_size=8)  # fmt: skip
     run = run_recipe("math", cfg, hf_engine)
     funnel = {f["stage"]: f for f in run.store.funnel()}

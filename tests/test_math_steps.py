@@ -139,8 +139,8 @@ def test_the_embedded_model_continues_a_prefix_and_labels_known_truth(hf_engine,
     (reply,) = hf_engine.generate([Request.chat(prefix)], SamplingParams(n=1, temperature=0.0, max_tokens=8))
     assert reply[0].text.strip()
     bench = _bench()
-    problems = bench.make_problems(2, steps=3, seed=1)
-    r = bench.evaluate(hf_engine, problems, rollouts=2, max_tokens=40, temperature=0.7, seed=0)
+    problems = bench.make_problems(1, steps=3, seed=1)
+    r = bench.evaluate(hf_engine, problems, rollouts=2, max_tokens=24, temperature=0.7, seed=0)
     for clean, corrupt, _bad in r["labels"]:  # the figures are the model's; the mechanics are checked
         assert len(clean) == len(corrupt) == 3 and clean[-1] is True and corrupt[-1] is False
     assert 0.0 <= r["exact"] <= r["flagged"] <= 1.0

@@ -16,6 +16,7 @@ Structured output (``SamplingParams.json_schema`` / ``regex``) is validated and 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from functools import lru_cache
@@ -97,6 +98,9 @@ class HFEngine:
         return generate_checked(self._generate, requests, sampling, self.structured_retries, lenient=True)
 
     def _generate(self, requests: list[Request], sampling: SamplingParams) -> list[list[Completion]]:
+        if sampling.greedy and sampling.n > 1:  # n identical samples: decode one, repeat it
+            once = self._generate(requests, sampling.replace(n=1))
+            return [[c, *(copy.deepcopy(c) for _ in range(sampling.n - 1))] for (c,) in once]
         prompts = [self._render(r) for r in requests]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         # big prompts x many samples would blow memory: keep batch_size rows of n samples in flight

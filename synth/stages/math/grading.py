@@ -33,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
@@ -68,12 +69,14 @@ _FRAC = r"-?\\[dt]?frac\s*\{[^{}\n]{1,40}\}\s*\{[^{}\n]{1,40}\}"
 _NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?(?:[ \t]*/[ \t]*\d+(?:\.\d+)?)?[ \t]*\\?%?"
 _LAST_NUMBER = re.compile(f"{_FRAC}|{_NUMBER}")
 MAX_ANSWER_CHARS = 300  # longer "answers" are paragraphs, not answers
+CANDIDATES = 20  # matches of one form tried, from the last
 
 
-def _balanced(text: str, start: int) -> str | None:
-    """The text from ``start`` (just after an opening brace) to its matching closing brace."""
+def _balanced(text: str, start: int, limit: int = 4000) -> str | None:
+    """The text from ``start`` (just after an opening brace) to its matching closing brace, within
+    ``limit`` characters."""
     depth = 1
-    for i in range(start, len(text)):
+    for i in range(start, min(len(text), start + limit)):
         c = text[i]
         if c == "{":
             depth += 1
@@ -85,16 +88,13 @@ def _balanced(text: str, start: int) -> str | None:
 
 
 def _last_boxed(text: str) -> str | None:
-    found = None
-    for m in _BOXED.finditer(text):
+    # from the last one back, a bounded number of tries: a text of a million "\boxed{" stays linear
+    for m in list(_BOXED.finditer(text))[-CANDIDATES:][::-1]:
         inner = _balanced(text, m.end())
         if inner is not None and inner.strip():
-            found = inner
-    if found is None:
-        bare = list(_BOXED_BARE.finditer(text))
-        if bare:
-            found = bare[-1].group(1)
-    return found
+            return inner
+    bare = list(_BOXED_BARE.finditer(text))
+    return bare[-1].group(1) if bare else None
 
 
 def _cut_sentence(value: str) -> str:
@@ -128,7 +128,7 @@ def extract_answer(text: str) -> tuple[str, str] | None:
     if boxed is not None:
         return boxed.strip(), "boxed"
     for form, pattern in (("hashes", _HASHES), ("answer_is", _ANSWER_IS), ("a_colon", _A_COLON)):
-        matches = list(pattern.finditer(text))
+        matches = list(pattern.finditer(text))[-CANDIDATES:]
         for m in reversed(matches):
             value = _cut_sentence(m.group(1)).strip().strip("*").strip()
             if value and len(value) <= MAX_ANSWER_CHARS and normalize(value):
@@ -179,6 +179,8 @@ def normalize(answer: str) -> str:
     s = _THOUSANDS.sub(lambda m: m.group(0).replace(",", ""), s)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     s = " ".join(s.split()).strip(" .,;:")
+    if len(s) > MAX_ANSWER_CHARS:  # a long expression: no unit or lead words to strip (and the
+        return s  # patterns that find them backtrack on long text)
     m = _UNITS.match(s)
     if m:
         unit = m.group("u").strip()
@@ -238,25 +240,37 @@ def _is_relational(parsed: Sequence[Any]) -> bool:
     return any(isinstance(item, Relational) for item in parsed)
 
 
-_PLAIN = re.compile(r"-?(?:\d+(?:\.\d+)?|\.\d+)(?:/\d+)?")
+_PLAIN = re.compile(r"(?P<sign>-?)(?P<num>\d+(?:\.\d+)?|\.\d+)(?:/(?P<den>\d+))?(?P<pct>\\%)?")
+_LATEX_FRAC = re.compile(r"(?P<sign>-?)\\frac\{(?P<num>\d+)\}\{(?P<den>\d+)\}(?P<pct>\\%)?")
+
+
+def _number(s: str) -> tuple[Fraction, bool, bool, bool] | None:
+    """A plain number (42, -3.5, 7/2, \\frac{7}{2}, 50\\%): (value, a percentage, an integer
+    literal, may be rounded: a decimal of 6+ places), or None."""
+    m = _PLAIN.fullmatch(s) or _LATEX_FRAC.fullmatch(s)
+    if not m or (m.group("den") is not None and int(m.group("den")) == 0):
+        return None
+    num, den = m.group("num"), m.group("den")
+    value = Fraction(num) / Fraction(den or 1)
+    pct = bool(m.group("pct"))
+    integer = den is None and "." not in num and s.lstrip("-")[:1].isdigit()
+    return (-value if m.group("sign") else value), pct, integer, bool(re.search(r"\.\d{6,}", num))
 
 
 def _plain_numbers(gold: str, answer: str) -> bool | None:
-    """Both plain numbers (42, -3.5, 7/2): compared exactly, without a parser (most answers are).
-    None when either is not, or when a decimal of 6+ places may be a rounding math-verify accepts."""
-    from fractions import Fraction
-
-    if not (_PLAIN.fullmatch(gold) and _PLAIN.fullmatch(answer)):
+    """Both plain numbers: compared exactly, without a parser (most answers are), as math-verify
+    compares them: a percentage is its value over 100 (50% = 0.5 = 1/2), and an integer percentage
+    also equals its integer (9% = 9). None when either is not a plain number, or when a decimal of 6+
+    places may be a rounding math-verify accepts."""
+    g, a = _number(gold), _number(answer)
+    if g is None or a is None:
         return None
-    try:
-        x, y = Fraction(gold), Fraction(answer)
-    except (ValueError, ZeroDivisionError):
-        return None
-    if x == y:
+    (x, x_pct, x_int, x_round), (y, y_pct, y_int, y_round) = g, a
+    if (x / 100 if x_pct else x) == (y / 100 if y_pct else y):
         return True
-    if any(len(part) >= 6 for s in (gold, answer) for part in re.findall(r"\.(\d+)", s)):
-        return None
-    return False
+    if x_pct != y_pct and x_int and y_int and x == y:
+        return True
+    return None if x_round or y_round else False
 
 
 def equivalent(gold: str, answer: str, timeout: float = 5.0) -> bool:
@@ -427,28 +441,12 @@ class GraderPool:
             w.kill()
         self._workers = []
 
-    def _await_ready(self, workers: list[_Worker]) -> None:
-        import selectors
-
-        pending = [w for w in workers if not w.ready]
-        end = time.monotonic() + self.START_TIMEOUT
-        with selectors.DefaultSelector() as sel:
-            for w in pending:
-                sel.register(w.out, selectors.EVENT_READ, w)
-            while pending:
-                events = sel.select(timeout=max(0.0, end - time.monotonic()))
-                if not events:
-                    raise RuntimeError("grader workers did not start")
-                for key, _ in events:
-                    w = key.data
-                    if not w.out.readline():
-                        raise RuntimeError(f"a grader worker exited at start (exit code {w.proc.poll()})")
-                    w.ready = True
-                    sel.unregister(w.out)
-                    pending.remove(w)
-
     def compare(self, pairs: Sequence[tuple[str, str]]) -> list[bool | None]:
-        """For each (gold, answer): True / False, or None when it timed out."""
+        """For each (gold, answer): True / False, or None when it timed out.
+
+        One event loop over the workers' pipes: a worker that answers gets the next task, one past
+        its deadline is killed and a fresh one started in its place; a starting worker joins when it
+        says it is ready, so a restart never holds up the others."""
         import json
         import selectors
 
@@ -456,12 +454,18 @@ class GraderPool:
             return []
         while len(self._workers) < min(self.size, len(pairs)):
             self._workers.append(_Worker(self.memory_mb))
-        self._await_ready(self._workers)
         results: list[bool | None] = [None] * len(pairs)
         todo = deque(range(len(pairs)))
-        idle = list(self._workers)
         busy: dict[_Worker, tuple[int, float]] = {}
+        starting: dict[_Worker, float] = {}
+        idle: list[_Worker] = []
         with selectors.DefaultSelector() as sel:
+            for w in self._workers:
+                if w.ready:
+                    idle.append(w)
+                else:
+                    starting[w] = time.monotonic()
+                    sel.register(w.out, selectors.EVENT_READ, w)
             while todo or busy:
                 while idle and todo:
                     w, i = idle.pop(), todo.popleft()
@@ -469,32 +473,44 @@ class GraderPool:
                     w.send({"i": i, "gold": gold, "answer": answer, "timeout": self.timeout})
                     busy[w] = (i, time.monotonic())
                     sel.register(w.out, selectors.EVENT_READ, w)
-                first = min(start for _, start in busy.values()) + self.deadline
-                for key, _ in sel.select(timeout=max(0.0, first - time.monotonic())):
+                ends = [t + self.deadline for _, t in busy.values()]
+                ends += [t + self.START_TIMEOUT for t in starting.values()]
+                for key, _ in sel.select(timeout=max(0.0, min(ends) - time.monotonic())):
                     w = key.data
                     sel.unregister(w.out)
-                    i, _ = busy.pop(w)
                     line = w.out.readline()
+                    if w in starting:
+                        del starting[w]
+                        if not line:
+                            raise RuntimeError(f"a grader worker exited at start (exit code {w.proc.poll()})")
+                        w.ready = True
+                        idle.append(w)
+                        continue
+                    i, _ = busy.pop(w)
                     if line:
                         results[i] = json.loads(line)["r"]
                         idle.append(w)
                     else:  # died (a crash the address-space limit did not turn into MemoryError)
-                        idle.append(self._replace(w))
+                        self._restart(w, sel, starting)
                 now = time.monotonic()
-                for w, (_, start) in list(busy.items()):
-                    if now - start > self.deadline:
+                for w, (_, t) in list(busy.items()):
+                    if now - t > self.deadline:  # its task counts as a timeout (results[i] is None)
                         sel.unregister(w.out)
                         del busy[w]
-                        idle.append(self._replace(w))
+                        self._restart(w, sel, starting)
+                if any(now - t > self.START_TIMEOUT for t in starting.values()):
+                    raise RuntimeError("grader workers did not start")
         return results
 
-    def _replace(self, dead: _Worker) -> _Worker:
+    def _restart(self, dead: _Worker, sel: Any, starting: dict[_Worker, float]) -> None:
+        import selectors
+
         dead.kill()
         self.killed += 1
         fresh = _Worker(self.memory_mb)
         self._workers[self._workers.index(dead)] = fresh
-        self._await_ready([fresh])
-        return fresh
+        starting[fresh] = time.monotonic()
+        sel.register(fresh.out, selectors.EVENT_READ, fresh)
 
     def grade(self, items: Sequence[tuple[str, str]]) -> list[Grade]:
         """For each (solution, gold): its ``Grade``. Extraction runs here (linear regexes, no

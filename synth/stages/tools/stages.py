@@ -89,9 +89,10 @@ def call_turn(trace: ToolTrace, call: Call, thought: str = "") -> Message:
 
 
 def _request(text: str) -> str:
+    """The request a reply holds: after 'Request:' (else the whole reply), its first line."""
     m = _REQUEST.search(text)
     found = (m.group(1) if m else text).strip()
-    return found.split("\n\n")[0].strip().strip('"').strip()
+    return found.split("\n")[0].strip().strip('"').strip()
 
 
 # -- requests -----------------------------------------------------------------------------------
