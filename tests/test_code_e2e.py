@@ -38,7 +38,7 @@ def test_code_run_on_the_embedded_model(tmp_path):
         "--max-tokens", "48", "--repair-rounds", "1", "--batch-size", "8", "--languages", "javascript",
         "--seed", "1",
     )  # fmt: skip
-    done = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "outcomes:" in done.stdout
 

@@ -36,6 +36,7 @@ def test_the_shipped_corpus_and_probes_are_disjoint_checkable_facts():
     for p in probes:  # held out: no probe's country is in the corpus, every answer is in its snippet
         country = re.search(r"(?:capital of|continent is) (?:the )?(.+?)[?:]", p.question).group(1)
         assert f"{country} is a country" not in corpus and mentions(p.snippet, p.answer), p.id
+        assert not p.answered_by(p.question), p.id  # a reply that echoes the question is not an answer
     assert pieces("One. Two is longer. Three.", 12) == ["One.", "Two is longer.", "Three."]
 
 
@@ -232,11 +233,64 @@ def test_synth_eval_factuality_over_http(tmp_path, capsys):
     assert main(["eval", "factuality", "--probes", str(tmp_path / "none.jsonl")]) == 2
 
 
+class Trained(FixedReplies):
+    """FixedReplies after training: it answers about Peru instead of refusing."""
+
+    def generate(self, requests, sampling):
+        out = super().generate(requests, sampling)
+        for r, completions in zip(requests, out, strict=True):
+            if r.messages[0]["role"] != "system" and "Peru" in r.messages[-1]["content"]:
+                completions[0] = Completion(text="The capital of Peru is Lima.", prompt_tokens=1,
+                                            completion_tokens=1, finish_reason="stop")  # fmt: skip
+        return out
+
+
+def test_synth_eval_factuality_before_and_after_training(tmp_path, capsys):
+    """--baseline: the model before training on the same probes, and the change."""
+    from openai_server import OpenAIServer
+
+    def last_json() -> dict:
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    with (
+        OpenAIServer(engine=FixedReplies(), model="base") as before,
+        OpenAIServer(engine=Trained(), model="trained") as after,
+    ):
+        args = ["--engine", "openai", "--limit", "6", "--out", str(tmp_path / "eval.json")]
+        assert main(["eval", "factuality", *args, "--model", "base", "--base-url", before.base_url]) == 0
+        base = last_json()
+        assert main(["eval", "factuality", *args, "--model", "trained", "--base-url", after.base_url]) == 0
+        trained = last_json()
+        both = ["--model", "trained", "--base-url", after.base_url, "--baseline", "base",
+                "--baseline-base-url", before.base_url]  # fmt: skip
+        assert main(["eval", "factuality", *args, *both]) == 0
+        compared = last_json()
+    # peru-capital: over-refused before, correct after; peru-continent: refused before, wrong after
+    assert base["counts"]["over_refusal"] - trained["counts"]["over_refusal"] == 1
+    assert base["counts"]["refusal"] - trained["counts"]["refusal"] == 1
+    assert trained["counts"]["correct"] - base["counts"]["correct"] == 1
+    assert trained["counts"]["wrong"] - base["counts"]["wrong"] == 1
+    rates = ("refusal_rate", "over_refusal_rate", "wrong_answer_rate", "correct_rate", "knows_rate")
+    for key in (*rates, "probes", "counts"):  # the same as two separate evaluations
+        assert compared["baseline"][key] == base[key] and compared[key] == trained[key], key
+    assert compared["baseline"]["model"] == "base" and compared["model"] == "trained"
+    assert compared["change"] == {
+        "refusal_rate": -0.3333, "over_refusal_rate": -0.1667, "wrong_answer_rate": 0.1667,
+        "correct_rate": 0.1667, "knows_rate": 0.0,
+    }  # fmt: skip
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["baseline"]["probes"] == 6 and len(report["baseline_results"]) == 6
+    assert [r["outcome"] for r in report["baseline_results"][:2]] == ["over_refusal", "refusal"]
+    assert [r["outcome"] for r in report["results"][:2]] == ["correct", "wrong"]
+
+
 # -- on the embedded model ------------------------------------------------------------------------
 @pytest.mark.slow
 def test_the_recipe_and_the_evaluation_on_the_embedded_model(tmp_path, hf_engine):
     """Both on the real 135M model: what it writes and how it judges is weak; the mechanics hold."""
-    cfg = FactualityConfig(out=str(tmp_path / "r"), snippets_limit=2, k=2, max_tokens=24, judge_max_tokens=8)
+    import pyarrow.parquet as pq
+
+    cfg = FactualityConfig(out=str(tmp_path / "r"), snippets_limit=2, k=2, max_tokens=24, judge_max_tokens=6)
     run = run_recipe("factuality", cfg, hf_engine)
     funnel = {f["stage"]: f for f in run.store.funnel()}
     for f in funnel.values():
@@ -249,11 +303,20 @@ def test_the_recipe_and_the_evaluation_on_the_embedded_model(tmp_path, hf_engine
     for stage in ("known_answers", "consistently_wrong"):
         n = funnel[stage]["kept"] + funnel[stage]["rejected"]
         assert n == funnel["informativeness"]["kept"]  # every judged answer gets the branch's verdict
-    print("outcomes:", run.store.get_meta("outcomes"))
+    outcomes = run.store.get_meta("outcomes")
+    print("outcomes:", outcomes)
     run.close()
 
+    # the export: whatever the yield, a dataset with its card (the corpus's licence in it)
+    assert main(["export", str(tmp_path / "r"), "--to", str(tmp_path / "ds")]) == 0
+    card = (tmp_path / "ds" / "README.md").read_text()
+    assert "## Source data" in card and "countryinfo 1.0.1" in card
+    sft = sum(pq.read_table(f).num_rows for f in (tmp_path / "ds" / "sft").glob("*.parquet"))
+    pairs = sum(pq.read_table(f).num_rows for f in (tmp_path / "ds" / "preference").glob("*.parquet"))
+    assert (sft, pairs) == (outcomes["known-answer sft"] + outcomes["refusal sft"], outcomes["refusal pairs"])
+
     probes = list(read_probes(SHIPPED_PROBES, limit=4))
-    metrics, results = evaluate(hf_engine, probes, max_tokens=16)
+    metrics, results = evaluate(hf_engine, probes, max_tokens=12)
     print("eval:", metrics)
     assert metrics["probes"] == 4 == sum(metrics["counts"].values())
     assert all(r.reply and r.forced for r in results)

@@ -441,8 +441,20 @@ def test_the_recipe_on_the_embedded_model(tmp_path, hf_engine):
         assert "dependents_f1" in r.scores
     for r in run.store.iter_records("length_buckets", kept=True):
         assert r.provenance.model == "SmolLM2-135M-Instruct" and r.meta["length_bucket"] in ("1K", "2K")
-    assert sum(run.store.get_meta("length_buckets")["rows"].values()) == funnel["length_buckets"]["kept"]
+    report = run.store.get_meta("length_buckets")
+    assert sum(report["rows"].values()) == funnel["length_buckets"]["kept"]
     run.close()
+
+    # its export: the rows it kept (whatever their number) and a data card with the buckets and funnel
+    assert main(["export", cfg.out, "--to", str(tmp_path / "ds"), "--test-fraction", "0"]) == 0
+    card = (tmp_path / "ds" / "README.md").read_text()
+    details = json.loads(card.split("## Run details\n\n```json\n", 1)[1].split("```", 1)[0])
+    assert details["length_buckets"]["rows"] == report["rows"] and "long-context" in card
+    assert all(reason in card for f in funnel.values() for reason in f["reasons"])  # the funnel's reasons
+    import pyarrow.parquet as pq
+
+    exported = sorted((tmp_path / "ds" / "sft").glob("*.parquet"))
+    assert sum(pq.read_table(p).num_rows for p in exported) == funnel["length_buckets"]["kept"]
 
 
 # -- kill -9 and resume -----------------------------------------------------------------------------

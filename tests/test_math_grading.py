@@ -85,6 +85,12 @@ def test_normalisation(raw, normal):
         ("\\boxed{n(n+1)2^{n-2}}", "n(n+1)*2^(n-2)"),
         ("The answer is \\boxed{\\sqrt{2}/2}.", "\\frac{\\sqrt{2}}{2}"),
         ("The answer is 0.333333", "1/3"),
+        ("\\boxed{x = \\pm 3}", "\\pm 3"),
+        ("\\boxed{x = 3 \\text{ or } x = -3}", "\\pm 3"),
+        ("A: \\$1,234.00", "1234"),
+        ("The answer is 3/4.", "\\frac{3}{4}"),
+        ("\\boxed{5 - 2}", "3"),
+        ("\\boxed{3 = x}", "3"),
     ],
 )
 def test_equivalent_answers_are_right(solution, gold):
@@ -109,6 +115,16 @@ def test_equivalent_answers_are_right(solution, gold):
         ("The answer is 0.5%.", "0.5"),  # half a percent is not a half
         ("#### 12345678901234568", "12345678901234567"),  # beyond float precision, still exact
         ("The answer is (2, 1).", "(1, 2)"),
+        ("\\boxed{-\\frac{1}{2}}", "\\frac{1}{2}"),  # sign errors in other dress
+        ("The answer is -\\$5.", "5"),
+        ("\\boxed{-(-3)}", "-3"),
+        ("\\boxed{x = \\pm 3}", "3"),  # a root named, with its twin
+        ("\\boxed{2x = 6}", "6"),  # the equation's right side is not the value of x
+        ("\\boxed{2x = 6}", "3"),
+        ("\\boxed{x^2 - 9 = 0}", "3"),  # the equation restated, not solved
+        ("\\boxed{x + 4}", "7"),
+        ("\\boxed{3 = x}", "-3"),
+        ("\\boxed{7 = x + 4}", "7"),  # one side of an equation, the other way round
     ],
 )
 def test_wrong_answers_that_look_right_are_wrong(solution, gold):
@@ -232,3 +248,21 @@ def test_synth_grade_math_names_file_line_and_field_of_a_bad_row(tmp_path, capsy
     assert main(["grade", "math", str(f), "--skip-invalid", "--workers", "1"]) == 0
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 1 and json.loads(err.strip().splitlines()[-1])["invalid_rows"] == 1
+
+
+def test_synth_grade_math_times_out_a_huge_expression_and_grades_the_rest(tmp_path, capsys):
+    f = tmp_path / "out.jsonl"
+    rows = [
+        {"id": "huge", "answer": "3", "solution": "The answer is \\boxed{\\frac{10^{10^{8}}}{3}}."},
+        *({"id": i, "answer": str(i), "solution": f"so \\boxed{{{i}}}"} for i in range(6)),
+    ]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    start = time.monotonic()
+    assert main(["grade", "math", str(f), "--workers", "2", "--timeout", "1"]) == 0
+    assert time.monotonic() - start < 30
+    out, err = capsys.readouterr()
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert lines[0] == {"id": "huge", "correct": False, "extracted": "\\frac{10^{10^{8}}}{3}"}
+    assert [x["correct"] for x in lines[1:]] == [True] * 6
+    summary = json.loads(err.strip().splitlines()[-1])
+    assert (summary["rows"], summary["correct"], summary["timeout"]) == (7, 6, 1)

@@ -19,9 +19,10 @@ from pipelines.cli import main
 from synth.io import InputError
 from synth.recipe import run_recipe
 from synth.recipes.math import MathConfig
-from synth.stages.math.evaluate import evaluate_math
+from synth.stages.math.evaluate import HELDOUT, evaluate_math, evaluate_to
 from synth.stages.math.items import MathProblem
 from synth.stages.math.problems import champ_problems, read_problems
+from synth.stages.math.steps import prefix_savings
 from synth.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +159,12 @@ def test_every_filter_shows_its_reason_and_every_output_exports(problems, tmp_pa
         "Here is an attempted solution" in fix.messages[0].content
         and "not correct" in fix.messages[0].content
     )
-    assert run.store.get_meta("prefix_sharing")["shared_prefix_tokens"] > 0
+    sharing = run.store.get_meta("prefix_sharing")
+    counted = prefix_savings(list(run.store.iter_records("rollouts")), 2)  # the same sum, in memory
+    assert sharing["rollout_prompt_tokens"] == counted["rollout_prompt_tokens"] > 0
+    assert sharing["prefix_tokens_to_compute"] == counted["prefix_tokens_to_compute"]
+    total, need = sharing["rollout_prompt_tokens"], sharing["prefix_tokens_to_compute"]
+    assert sharing["shared_prefix_tokens"] == total - need
     run.close()
 
     assert main(["export", str(tmp_path / "run"), "--to", str(tmp_path / "ds"), "--test-fraction", "0"]) == 0
@@ -213,7 +219,7 @@ def test_killed_runs_resume_to_the_same_rows(problems, tmp_path, scripted_engine
             return [sys.executable, "-m", "pipelines.cli", "run", "math", "--problems", str(problems),
                     "--out", str(out), "--engine", "openai", "--model", "fake", "--base-url", srv.base_url,
                     "--k", "4", "--code-k", "1", "--code-rounds", "1", "--rollouts", "2", "--batch-size", "2",
-                    "--grade-workers", "1"]  # fmt: skip
+                    "--grade-workers", "1", "--step-judge"]  # fmt: skip
 
         reference = tmp_path / "reference"
         subprocess.run(args(reference), env=ENV, check=True, capture_output=True, timeout=600)
@@ -233,7 +239,9 @@ def test_killed_runs_resume_to_the_same_rows(problems, tmp_path, scripted_engine
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         subprocess.run(args(out), env=ENV, check=True, capture_output=True, timeout=600)
-    assert _snapshot(out) == _snapshot(reference)
+    snap = _snapshot(reference)
+    assert {"step_judge", "verify_steps", "step_labels", "error_correction"} <= {r[0] for r in snap["rows"]}
+    assert _snapshot(out) == snap
     done = [(e["stage"], e["batch"]) for e in _events(out) if e["event"] == "batch_committed"]
     assert len(done) == len(set(done)), "a finished batch was committed twice"
 
@@ -255,6 +263,19 @@ def test_evaluate_math_greedy_pass_and_majority(scripted_engine):
     assert isinstance(MathProblem(id="x", problem="What?", answer="1"), MathProblem)
 
 
+def test_evaluate_to_writes_the_metrics_a_round_shows(tmp_path, scripted_engine):
+    scripted_engine.reply = lambda msgs, j, sampling: f"\\boxed{{{GOLD.get(msgs[-1]['content'], 0)}}}"
+    data = tmp_path / "heldout.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in PROBLEMS))
+    r = evaluate_to(tmp_path / "eval_math", scripted_engine, data, k=2, limit=1, workers=1)
+    assert (r["problems"], r["greedy_accuracy"], r["pass@2"], r["maj@2"]) == (1, 1.0, 1.0, 1.0)
+    saved = json.loads((tmp_path / "eval_math" / "metrics.json").read_text())
+    assert "per_problem" not in r and saved["data"] == str(data)
+    assert saved["per_problem"] == [{"id": "p1", "answer": "7", "greedy_correct": True,
+                                     "greedy_extracted": "7", "correct": 2, "majority": "7"}]  # fmt: skip
+    assert len(list(read_problems(HELDOUT))) == 12  # the default held-out set reads
+
+
 @pytest.mark.slow
 def test_synth_eval_math_on_the_embedded_model(tmp_path, capsys):
     data = tmp_path / "heldout.jsonl"
@@ -271,28 +292,44 @@ def test_synth_eval_math_on_the_embedded_model(tmp_path, capsys):
 
 # -- the embedded model, end to end -------------------------------------------------------------------
 @pytest.mark.slow
-def test_synth_run_math_on_the_embedded_model(problems, tmp_path, hf_engine):
-    """Every stage on the real 135M model; its yield is whatever it is, the mechanics must hold."""
+def test_synth_run_math_on_the_embedded_model(problems, tmp_path, hf_engine, capsys):
+    """Every stage on the real 135M model (the step judge, ~15 s a step here, is left to the scripted
+    runs); its yield is whatever it is, the mechanics must hold: each filter in the funnel with its
+    reasons, three configs and a card."""
     cfg = MathConfig(problems=str(problems), out=str(tmp_path / "run"), limit=1, k=2, code_k=1,
-                     code_rounds=1, max_tokens=48, rollouts=2, rollout_max_tokens=24, grade_workers=1,
+                     code_rounds=1, max_tokens=40, rollouts=2, rollout_max_tokens=16, grade_workers=1,
                      batch_size=8)  # fmt: skip
     run = run_recipe("math", cfg, hf_engine)
     funnel = {f["stage"]: f for f in run.store.funnel()}
     assert list(funnel)[:4] == ["problems", "write_problems", "solve", "solve_code"]
+    assert {"vote", "grade", "rollouts", "verify_steps", "step_labels", "preference_pairs"} <= set(funnel)
     assert funnel["solve"]["kept"] + funnel["solve"]["rejected"] == 2 * funnel["solve"]["rows_in"]
     graded = funnel["grade"]["kept"] + funnel["grade"]["rejected"]
-    assert graded == funnel["vote"]["kept"] and set(funnel["grade"]["reasons"]) <= {
-        "wrong_answer",
-        "no_answer",
-        "timeout",
-    }
+    assert graded == funnel["vote"]["kept"]
+    assert set(funnel["grade"]["reasons"]) <= {"wrong_answer", "no_answer", "timeout"}
+    verified = funnel["verify_steps"]
+    assert verified["kept"] + verified["rejected"] == funnel["grade"]["kept"]  # one row per correct one
+    assert set(verified["reasons"]) <= {"bad_step"} and not funnel["step_labels"]["reasons"]
     for sol in run.store.iter_records("code_continue_0"):
         if sol.executions:
             assert "```output\n" in sol.text  # the sandbox's output is in the reasoning
     for step in run.store.iter_records("rollouts"):
         assert step.terminal or len(step.outcomes) == 2
-    assert run.store.get_meta("outcomes")["solutions graded"] == graded
+    outcomes = run.store.get_meta("outcomes")
+    assert outcomes["solutions graded"] == graded and outcomes["step-verified sft"] == verified["kept"]
     run.close()
+    capsys.readouterr()
+    assert main(["stats", str(tmp_path / "run"), "--json"]) == 0
+    stats = {f["stage"]: f["reasons"] for f in json.loads(capsys.readouterr().out)["funnel"]}
+    assert stats["grade"] == funnel["grade"]["reasons"] and stats["verify_steps"] == verified["reasons"]
     assert main(["export", str(tmp_path / "run"), "--to", str(tmp_path / "ds")]) == 0
     card = (tmp_path / "ds" / "README.md").read_text()
     assert all(f"config_name: {c}" in card for c in ("sft", "preference", "step_labels"))
+    from synth.export import load_export
+
+    def rows(config: str) -> int:
+        return sum(len(split) for split in load_export(tmp_path / "ds", config).values())
+
+    assert rows("step_labels") == funnel["step_labels"]["kept"]
+    assert rows("sft") == verified["kept"] + funnel["error_correction"]["kept"]
+    assert rows("preference") == funnel["preference_pairs"]["kept"]

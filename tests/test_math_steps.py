@@ -17,6 +17,7 @@ from synth.stages.math.items import MathSolution
 from synth.stages.math.steps import (
     StepVerifier,
     label_steps,
+    prefix_savings,
     rollout_messages,
     split_steps,
     step_prefixes,
@@ -95,6 +96,18 @@ def test_hard_and_soft_labels_and_the_terminal_step():
     assert not label_steps(steps, judge_threshold=5.0).agree
 
 
+def test_prefix_savings_count_each_solutions_longest_prompt_once():
+    a = step_prefixes(_sol("Step 1: a\nStep 2: b\nStep 3: c\nThe answer is 7."), 8)
+    b = step_prefixes(_sol("Step 1: a\nStep 2: d\nThe answer is 7.").model_copy(update={"id": "p-s1"}), 8)
+    for s, tokens in zip(a + b, [100, 120, 140, 90, 95], strict=True):
+        s.prompt_tokens = tokens  # the terminal steps' (140, 95) are never asked
+    assert [s.solution_id for s in a + b] == ["p-s0"] * 3 + ["p-s1"] * 2
+    assert prefix_savings(a + b, n=4) == {
+        "rollout_prompt_tokens": (100 + 120 + 90) * 4,
+        "prefix_tokens_to_compute": 120 + 90,
+    }
+
+
 def test_known_truth_an_arithmetic_oracle_localises_every_corrupted_step(pool):
     bench = _bench()
     problems = bench.make_problems(10, steps=4, seed=3)
@@ -122,8 +135,11 @@ def test_the_verifier_sees_what_the_engine_returns(pool, scripted_engine):
     scripted_engine.reply = lambda msgs, j, s: (
         "so 4 + 3 = 7. The answer is \\boxed{7}." if j == 2 else "no idea"
     )
-    labels = StepVerifier(scripted_engine, sampling, pool).label([item])[0]
+    verifier = StepVerifier(scripted_engine, sampling, pool)
+    labels = verifier.label([item])[0]
     assert labels.good == [True, True] and labels.soft == [pytest.approx(0.3333, abs=1e-3), 1.0]
+    # one step rolled out, 3 samples of a 5-token prompt (the scripted engine's count): 15, 5 computed
+    assert (verifier.rollout_prompt_tokens, verifier.prefix_tokens_to_compute) == (15, 5)
     assert StepVerifier(scripted_engine, sampling, pool, mode="soft").label([item])[0].good == [False, True]
     assert scripted_engine.calls[-1] == 1  # one request per non-terminal step, its n samples in one call
 

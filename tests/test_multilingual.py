@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 
 from pipelines.cli import main
+from synth.io import InputFileError
 from synth.recipe import run_recipe
-from synth.recipes.multilingual import MultilingualConfig
+from synth.recipes.multilingual import MultilingualConfig, exported_problems
 from synth.records import Message, Provenance, SFTRecord
-from synth.stages.language import LanguageID, LanguageStage, check_languages, language_funnel
+from synth.stages.language import LanguageID, LanguageStage, check_export, check_languages, language_funnel
+from synth.stages.language import main as language_cli
 from synth.stages.multilingual.native import drawn_temperature
 from synth.stages.multilingual.parallel import RoundTrip
 from synth.stages.multilingual.translate import clean_translation, numbers
@@ -77,6 +79,24 @@ def test_short_or_unsure_texts_abstain_and_a_switch_midway_is_found(lingua, fast
         assert lid.switches(f"{GERMAN} Die Antwort ist \\boxed{{7}}.", "de") == []
     unsure = LanguageID(min_confidence=0.99).detect("Explique em duas frases por que o céu é azul.")
     assert unsure.language is None and unsure.reason == "low_language_confidence" and unsure.top == "pt"
+
+
+def test_both_detectors_together_must_agree(lingua, fasttext):
+    """A Hindi-looking reply of the embedded model (Devanagari gibberish): lingua says Hindi, fastText
+    Marathi; `both` rejects it, and names the language when the two agree."""
+    gibberish = "आसमांने क्या निकिदर्भ कर्यानी मिन्मों कैर्यृत पूलवल्या, एक व"
+    assert (lingua.detect(gibberish).language, fasttext.detect(gibberish).language) == ("hi", "mr")
+    both = LanguageID(backend="both")
+    d = both.detect(gibberish)
+    assert (d.language, d.reason, d.top) == (None, "detectors_disagree", "hi")
+    german = both.detect(GERMAN)
+    assert german.language == "de" and german.confidence == min(
+        lingua.detect(GERMAN).confidence, fasttext.detect(GERMAN).confidence
+    )
+    assert both.detect("Ja, genau.").reason == "too_short_to_identify"
+    stage = LanguageStage("response_language", both, lambda r: r.response or "", lambda r: "hi")
+    rows = stage([row("g", "दो वाक्यों में समझाइए कि आसमान नीला क्यों होता है।", gibberish)])
+    assert not rows[0].kept and rows[0].verdicts[-1].reason == "detectors_disagree"
 
 
 def test_the_language_stage_records_the_language_or_says_why_not(lingua):
@@ -174,8 +194,9 @@ NAMES = {"German": "de", "French": "fr", "English": "en"}
 
 
 def scripted(msgs, j, sampling):
-    """A translator that keeps the numbers, solvers that answer 7 in their language, a judge, and
-    native answers in the prompt's language (every second one in English)."""
+    """A translator that keeps the numbers, solvers that answer 7 in their language (the second
+    sample in English), a judge that prefers the first sample, and native answers in the prompt's
+    language (the German prompt's second one in English)."""
     import re
 
     system = msgs[0]["content"] if msgs[0]["role"] == "system" else ""
@@ -189,9 +210,10 @@ def scripted(msgs, j, sampling):
         lang = NAMES[re.search(r"only in (\w+)\.", system).group(1)]
         return f"{REPLIES[lang]}\n\\boxed{{7}}" if j == 0 else f"{REPLIES['en']}\n\\boxed{{7}}"
     if "Score: N" in system:
-        return f"Score: {9 - j % 3}\nRationale: fine."
-    lang = "de" if "Himmel" in last or "Warum" in last else "fr"
-    return REPLIES[lang] + f" Variante {j}." if j % 2 == 0 else REPLIES["en"]
+        return f"Score: {6 if 'Variante 1' in last else 9}\nRationale: fine."
+    if "Himmel" in last or "Warum" in last:  # German: the second sample answers in English
+        return REPLIES["de"] + f" Variante {j}." if j % 2 == 0 else REPLIES["en"]
+    return REPLIES["fr"] + f" Variante {j}."  # French: both in French, the second judged worse
 
 
 @pytest.fixture
@@ -237,7 +259,8 @@ def test_the_recipe_end_to_end_with_a_scripted_model(
     assert funnel["grade_translated"]["reasons"] == {"wrong_answer": 4}  # "10" answered 7
     assert funnel["solution_language"]["reasons"] == {"wrong_language": 2}  # sample 1 answers in English
     assert funnel["prompt_language"]["reasons"] == {"untargeted_language": 1}  # the English seed
-    assert funnel["response_language"]["reasons"] == {"wrong_language": 2}
+    assert funnel["response_language"]["reasons"] == {"wrong_language": 1}
+    assert funnel["preference_pairs"]["kept"] == 1  # French: Variante 0 over Variante 1
     assert funnel["translate"]["kept"] == 6 and funnel["round_trip"]["kept"] == 6
     samples = list(run.store.iter_records("sample"))
     assert {r.meta["temperature"] for r in samples} <= {round(0.2 + 0.1 * i, 4) for i in range(9)}
@@ -266,35 +289,129 @@ def test_the_recipe_end_to_end_with_a_scripted_model(
     )
     assert "language:\n- de\n- en\n- fr\n" in card and "## Source data" in card
     assert (tmp_path / "ds" / "language_mix.png").stat().st_size > 1000
-    rows = exported_rows(tmp_path / "ds")
-    assert len(rows) == 10 and all(r["language"] for r in rows)
-    check = independent_check(rows, fasttext)
-    assert check.disagreed == [] and check.abstained == [] and check.agreed == 2 * len(rows) - 6
+    rows = exported_languages(tmp_path / "ds")
+    assert len(rows) == 11 and sum(k.startswith("preference:") for k in rows) == 1
+    assert sorted(rows.values()) == ["de"] * 5 + ["en"] * 3 + ["fr"] * 3
+    assert_languages_match_prompts(tmp_path / "r", rows)
+    # the independent check (fastText, the filter being lingua): every prompt and response of the export
+    check = check_export(tmp_path / "ds", fasttext)
+    assert check.unrecorded == [] and check.disagreed == [] and check.abstained == []
+    assert check.agreed == check.checked == 2 * 10 + 3  # sft: prompt + response; the pair: + both
+    capsys.readouterr()
+    assert language_cli([str(tmp_path / "ds")]) == 0
+    assert json.loads(capsys.readouterr().out)["agreed"] == 23
 
 
-def exported_rows(ds: Path) -> list[dict]:
-    from synth.export import load_export
+def exported_languages(ds: Path) -> dict[str, str | None]:
+    """``{config}:{id}`` -> the language each exported row records (``provenance.language``)."""
+    import pyarrow.parquet as pq
 
-    out = []
-    for split in load_export(ds, "sft").values():
-        for r in split:
-            prov = json.loads(r["provenance"])
-            user, assistant = r["messages"][-2]["content"], r["messages"][-1]["content"]
-            out.append({"id": r["id"], "language": prov.get("language"), "template": prov.get("template"),
-                        "user": user, "assistant": assistant})  # fmt: skip
+    out = {}
+    for config in ("sft", "preference"):
+        for path in sorted((ds / config).glob("*.parquet")):
+            for r in pq.read_table(path).to_pylist():
+                out[f"{config}:{r['id']}"] = json.loads(r["provenance"]).get("language")
     return out
 
 
-def independent_check(rows: list[dict], lid: LanguageID):
-    """Every response, and every prompt that is not a translation task (whose source text is in the
-    other language), identified by another detector and compared with the recorded language."""
-    items = [(r["id"], r["language"], r["assistant"]) for r in rows]
-    items += [
-        (r["id"] + ":prompt", r["language"], r["user"])
-        for r in rows
-        if r["template"] != "multilingual/translate"
+def assert_languages_match_prompts(run_dir: Path, exported: dict[str, str | None]) -> None:
+    """Each exported row's recorded language is its prompt's, as the run found it before any response:
+    the detected language of a translated problem (``problem_language``) or of a native prompt
+    (``prompt_language``), the target language of a translation task (its instruction's)."""
+    from synth.store import Store
+
+    store = Store(run_dir, read_only=True)
+    try:
+        prompts: dict[str, str] = {}
+        for stage in ("problem_language", "prompt_language"):
+            for r in store.iter_records(stage, kept=True):
+                prompts[r.id] = r.meta["lid"][stage]["language"]
+        prompts.update({t.id: t.target_language for t in store.iter_records("translate", kept=True)})
+        prompt_of = {}
+        for stage, config in [("translated_sft", "sft"), ("best_of_k", "sft"), ("round_trip", "sft"),
+                              ("preference_pairs", "preference")]:  # fmt: skip
+            for r in store.iter_records(stage, kept=True):
+                prompt_of[f"{config}:{r.id}"] = r.meta["prompt_id"]
+    finally:
+        store.close()
+    assert set(exported) <= set(prompt_of)
+    for key, language in exported.items():
+        assert language is not None and language == prompts[prompt_of[key]], key
+
+
+def test_the_export_check_finds_wrong_and_missing_languages(tmp_path, fasttext, capsys):
+    """The independent check fails an export whose rows say the wrong language or none; a translation
+    task's prompt is read as its instruction, not its source text."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from synth.export.schema import SFT_SCHEMA
+
+    def sft(rid: str, user: str, answer: str, **prov) -> dict:
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+        return {"id": rid, "messages": messages, "capability": "multilingual", "scores": "{}",
+                "provenance": json.dumps({"capability": "multilingual", **prov})}  # fmt: skip
+
+    rows = [
+        sft("ok", "Warum ist der Himmel blau? Erkläre es kurz.", GERMAN, language="de"),
+        sft(
+            "task",
+            f"Übersetze den folgenden Text ins Deutsche.\n\n{ENGLISH}",
+            GERMAN,
+            language="de",
+            template="multilingual/translate",
+        ),  # fmt: skip
+        sft("wrong", "Warum ist der Himmel blau? Erkläre es kurz.", ENGLISH, language="de"),
+        sft("none", "Why is the sky blue? Explain it briefly.", ENGLISH),
     ]
-    return check_languages(items, lid)
+    (tmp_path / "ds" / "sft").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, SFT_SCHEMA), tmp_path / "ds" / "sft" / "train-00000.parquet")
+    check = check_export(tmp_path / "ds", fasttext)
+    assert check.unrecorded == ["sft:none"] and check.disagreed == [("wrong:response", "de", "en")]
+    assert check.checked == 6 and check.agreed == 5 and check.abstained == []
+    assert language_cli([str(tmp_path / "ds")]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["disagreed"] == [["wrong:response", "de", "en"]] and report["unrecorded"] == ["sft:none"]
+    with pytest.raises(SystemExit):
+        language_cli([str(tmp_path / "missing")])
+
+
+def test_translated_reasoning_from_an_export(tmp_path, scripted_engine):
+    """--problems an exported folder: its SFT rows whose answer is \\boxed{} or '####' are the problems,
+    that answer their gold, carried through translation; prose rows are skipped."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from synth.export.schema import SFT_SCHEMA
+
+    def sft(rid: str, user: str, answer: str) -> dict:
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+        return {"id": rid, "messages": messages, "capability": "math", "scores": "{}", "provenance": "{}"}
+
+    (tmp_path / "ds" / "sft").mkdir(parents=True)
+    train = [sft("boxed", "What is 3 + 4?", "3 + 4 = 7.\nThe answer is \\boxed{7}."),
+             sft("prose", "Why is the sky blue?", "Because of 2 kinds of scattering.")]  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(train, SFT_SCHEMA), tmp_path / "ds/sft/train-00000.parquet")
+    test = [sft("hashes", "What is 14 / 2?", "14 / 2 = 7\n#### 7")]
+    pq.write_table(pa.Table.from_pylist(test, SFT_SCHEMA), tmp_path / "ds/sft/test-00000.parquet")
+
+    scripted_engine.reply = scripted
+    cfg = MultilingualConfig(out=str(tmp_path / "r"), parts=["translated"], languages=["de"], k=2,
+                             problems=str(tmp_path / "ds"))  # fmt: skip
+    run = run_recipe("multilingual", cfg, scripted_engine)
+    problems = {p.id: (p.problem, p.answer) for p in run.store.iter_records("problems")}
+    assert problems == {"boxed": ("What is 3 + 4?", "7"), "hashes": ("What is 14 / 2?", "7")}
+    rows = {r.id: r for r in run.store.iter_records("translated_sft", kept=True)}
+    assert sorted(rows) == ["boxed-de-s0", "hashes-de-s0"]  # the German sample of each, graded against 7
+    assert all(r.meta["gold_answer"] == "7" and r.provenance.language == "de" for r in rows.values())
+    run.close()
+
+    (tmp_path / "empty" / "sft").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(train[1:], SFT_SCHEMA), tmp_path / "empty/sft/train-00000.parquet")
+    with pytest.raises(InputFileError, match="no exported SFT row states its final answer"):
+        list(exported_problems(tmp_path / "empty"))
+    with pytest.raises(InputFileError, match="no sft/"):
+        list(exported_problems(tmp_path))
 
 
 def test_bad_options_stop_before_the_run_with_the_reason(tmp_path, capsys):
@@ -340,10 +457,11 @@ def tiny_inputs(tmp_path: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_the_recipe_on_the_embedded_model(tmp_path, hf_engine, fasttext):
-    """Every part on the real 135M model. It writes little but English: the German yield is whatever
-    it is (often none); English, listed as a target here, gives rows to check."""
-    cfg = MultilingualConfig(out=str(tmp_path / "r"), languages=["de", "en"], k=2, max_tokens=32,
-                             judge_max_tokens=8, **tiny_inputs(tmp_path))  # fmt: skip
+    """Every part on the real 135M model, one sample each (K and the pairs are the scripted test's;
+    this one is sized for ~2 minutes on 2 cores). It writes little but English: the German yield is
+    whatever it is (often none); English, listed as a target here, gives rows to check."""
+    cfg = MultilingualConfig(out=str(tmp_path / "r"), languages=["de", "en"], k=1, max_tokens=24,
+                             judge_max_tokens=6, **tiny_inputs(tmp_path))  # fmt: skip
     run = run_recipe("multilingual", cfg, hf_engine)
     funnel = {f["stage"]: f for f in run.store.funnel()}
     for f in funnel.values():
@@ -361,11 +479,13 @@ def test_the_recipe_on_the_embedded_model(tmp_path, hf_engine, fasttext):
     run.close()
 
     assert main(["export", str(tmp_path / "r"), "--to", str(tmp_path / "ds")]) == 0
-    rows = exported_rows(tmp_path / "ds")
+    rows = exported_languages(tmp_path / "ds")
     assert rows, "the English rows at least are exported"
-    check = independent_check(rows, fasttext)
-    assert check.disagreed == [], check.disagreed
-    assert check.agreed >= len(rows)  # abstentions (too short for fastText) are allowed, disagreements not
+    assert_languages_match_prompts(tmp_path / "r", rows)
+    check = check_export(tmp_path / "ds", fasttext)
+    assert check.unrecorded == [] and check.disagreed == [], check.disagreed
+    # abstentions (a reply cut too short for fastText) are allowed, disagreements not
+    assert check.agreed >= len(rows) and check.agreed + len(check.abstained) == check.checked
 
 
 # -- kill -9 and resume ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@ checkpoints, distinct per run); the averaging and the wiring are the real ones."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,25 @@ def test_the_demo_yaml_is_small_and_averages_every_stage():
     assert cfg.sample["k"] <= 4  # explicit and small: the recipe's default (10) is for real runs
     assert cfg.sample["keep_best_across_rounds"] is True
     assert len(cfg.sft_variants) > 1 and len(cfg.dpo_variants) > 1
+
+
+def test_every_round_evaluates_its_own_model(tmp_path, base, monkeypatch, tok):
+    """``evals: {math: ...}`` grades each round's averaged model on held-out problems (real hf
+    engine on the tiny model, real grader); the metrics land in ``eval_math`` and ROUND.md."""
+    Stand_ins(monkeypatch, tok)
+    evaluated = []
+    real = round_mod._evaluate
+    monkeypatch.setattr(round_mod, "_evaluate", lambda *a: (evaluated.append(a[3]), real(*a))[1])
+    with pytest.raises(ValueError, match="unknown evals \\['poetry'\\]"):
+        config(tmp_path, base, evals={"poetry": {}})
+    opts = {"k": 2, "max_tokens": 4, "limit": 2, "workers": 1}
+    run_rounds(config(tmp_path, base, rounds=2, evals={"math": opts}))
+    root = tmp_path / "round"
+    assert evaluated == [root / "round_1" / "model", root / "round_2" / "model"]
+    for rnd in (1, 2):
+        here = root / f"round_{rnd}"
+        metrics = json.loads((here / "eval_math" / "metrics.json").read_text())
+        assert metrics["model"] == str(here / "model") and metrics["problems"] == 2
+        assert 0.0 <= metrics["greedy_accuracy"] <= 1.0 and "maj@2" in metrics
+        assert len(metrics["per_problem"]) == 2
+        assert "## eval_math" in (here / "ROUND.md").read_text()

@@ -595,3 +595,79 @@ def test_bad_options_stop_before_a_run_exists(tmp_path, capsys):
     assert main(["run", "tools", "--help"]) == 0
     text = capsys.readouterr().out
     assert "--tools TEXT" in text and "--corpus TEXT" in text and "--core-tools A,B" in text
+
+
+# -- structured output: --structured-calls ----------------------------------------------------------
+class ValidatingEngine:
+    """An engine that checks replies against the request's constraint and asks again for invalid
+    ones, as the ``hf`` engine does (``synth.engines.structured.generate_checked``, lenient)."""
+
+    name, model = "checked", "checked-model"
+
+    def __init__(self, reply):
+        self.reply, self.schemas = reply, []
+
+    def _generate(self, requests, sampling):
+        from synth.engines.base import Completion
+
+        self.schemas.append(sampling.json_schema)
+        return [
+            [
+                Completion(self.reply(list(r.messages), j, sampling), 5, 3, finish_reason="stop")
+                for j in range(sampling.n)
+            ]
+            for r in requests
+        ]
+
+    def generate(self, requests, sampling):
+        from synth.engines.structured import generate_checked
+
+        return generate_checked(self._generate, requests, sampling, retries=2, lenient=True)
+
+
+def structured_reply(msgs, j, sampling):
+    """Requests for the calculator; turns: a call with a thought in tags (its JSON is cut out), a call
+    whose arguments miss the schema (asked again: a retry's seed moved on), then ``{"answer": ...}``."""
+    if msgs[0]["role"] == "system" and msgs[0]["content"].startswith("You write realistic"):
+        return f"Request: Please use calculator to multiply 17 by 23, case {j}."
+    if msgs[-1]["content"].startswith(TOOL_RESPONSE[0]):
+        return json.dumps({"answer": "17 * 23 is 391."})
+    retry = sampling.seed != 0
+    if j == 1 and not retry:
+        return json.dumps({"name": "calculator", "arguments": {"expr": "17 * 23"}})  # schema_violation
+    return (
+        "I will multiply.\n"
+        + TOOL_CALL[0]
+        + json.dumps({"name": "calculator", "arguments": GOOD["calculator"]})
+    )
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_structured_calls_ask_for_schema_valid_turns(tmp_path, structured):
+    from synth.recipe import run_recipe
+    from synth.recipes.tools import ToolsConfig
+    from synth.stages.tools.stages import turn_schema
+
+    cfg = ToolsConfig(out=str(tmp_path / "run"), core_tools=["calculator"], tools="", k=2, queries_per_tool=1,
+                      multi_per_tool=0, max_calls=2, seed=0, structured_calls=structured)  # fmt: skip
+    engine = ValidatingEngine(structured_reply)
+    run = run_recipe("tools", cfg, engine)
+    funnel = {f["stage"]: f for f in run.store.funnel()}
+    outcomes = run.store.get_meta("outcomes")
+    rows = list(run.store.iter_records("sft", kept=True))
+    run.close()
+    asked = [s for s in engine.schemas if s is not None]
+    if not structured:  # the reply that misses the schema is executed, and fails there
+        assert not asked and funnel["execute_0"]["reasons"] == {"schema_violation": 1}
+        assert outcomes["executable share"] == 0.5 and len(rows) == 1
+        assert rows[0].messages[-1].content == json.dumps({"answer": "17 * 23 is 391."})  # read as text
+        return
+    assert asked and all(s == turn_schema(core_specs(["calculator"])) for s in asked)
+    assert funnel["act_0"]["rejected"] == 0 and funnel["execute_0"]["reasons"] == {}
+    assert outcomes["executable share"] == 1.0 and len(rows) == 2 == funnel["check"]["kept"]
+    for r in rows:
+        user, call, result, answer = r.messages
+        assert call.tool_calls[0].function.name == "calculator" and call.content == ""  # the JSON alone
+        assert json.loads(call.tool_calls[0].function.arguments) == GOOD["calculator"]
+        assert result.role == "tool" and result.content == "391" and answer.content == "17 * 23 is 391."
+        assert r.meta["call_formats"] == ["bare_json"]

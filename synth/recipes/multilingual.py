@@ -13,10 +13,11 @@ parts for the paper's seven languages (German, French, Italian, Portuguese, Hind
 
 - **Translated reasoning.** The paper avoids machine-translated data except for quantitative
   reasoning, whose simple language translates with few issues. Here only the problems are
-  translated (the math recipe's problem files, the gold answer carried over unchanged; a translation
-  whose numbers differ from the source's is dropped, 'numbers_changed'), and the model answers in the
-  target language, K times: a row is kept when the math grader (``synth.stages.math``) still finds
-  its final answer correct and its language is the problem's.
+  translated (the math recipe's problem files, or the SFT rows of any export whose answer ends in
+  ``\\boxed{}`` or ``#### ...``, that answer as the gold; the gold answer carried over unchanged; a
+  translation whose numbers differ from the source's is dropped, 'numbers_changed'), and the model
+  answers in the target language, K times: a row is kept when the math grader
+  (``synth.stages.math``) still finds its final answer correct and its language is the problem's.
 - **Rejection-sampled native prompts.** K samples per prompt at a temperature drawn per prompt from
   ``temperature_min``-``temperature_max`` (the paper's 0.2-1 of its early rounds; set both to 0.6 for
   its final round). Before selection, the paper's multilingual checks: a response not in the prompt's
@@ -29,7 +30,8 @@ parts for the paper's seven languages (German, French, Italian, Portuguese, Hind
   model's, checked against the source by round trip (the human reference's chrF is recorded).
 
 Every text is identified by ``synth.stages.language`` (lingua by default; fastText's lid.176 with
-``lid_backend: fasttext``), which abstains below ``lid_min_chars`` letters or ``lid_min_confidence``.
+``lid_backend: fasttext``; ``both``: the two must agree), which abstains below ``lid_min_chars``
+letters or ``lid_min_confidence``.
 Every row records its language (``provenance.language``, exported with it); ``synth stats`` shows the
 funnel per language and the data card the language mix. Beyond the paper: the paper also checks that
 a romanized Hindi prompt is not answered in Devanagari, which a language detector cannot tell (both are
@@ -39,6 +41,7 @@ target languages is near zero: the mechanics are the same with a multilingual te
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
@@ -46,10 +49,11 @@ from pathlib import Path
 from typing import Any
 
 from synth.config import ConfigError, option
-from synth.io import read_seeds
+from synth.io import InputFileError, read_seeds
 from synth.pipeline import Run
 from synth.prompts import load_prompt
 from synth.recipe import Outputs, RecipeConfig, recipe
+from synth.records import Provenance
 from synth.stages.judge import JudgeStage, question_answer
 from synth.stages.language import (
     BACKENDS,
@@ -62,7 +66,8 @@ from synth.stages.language import (
     language_funnel,
 )
 from synth.stages.math.grade import GradeStage
-from synth.stages.math.grading import GraderPool
+from synth.stages.math.grading import GraderPool, extract_answer, normalize
+from synth.stages.math.items import MathProblem
 from synth.stages.math.problems import read_problems
 from synth.stages.multilingual.items import CAPABILITY
 from synth.stages.multilingual.native import SampleAtDrawnTemperature
@@ -98,7 +103,9 @@ class MultilingualConfig(RecipeConfig):
         default_factory=lambda: list(TARGETS),
     )
     problems: str = option(
-        SHIPPED_PROBLEMS, "JSONL of English problems with gold answers (the math recipe's)."
+        SHIPPED_PROBLEMS,
+        "JSONL of English problems with gold answers (the math recipe's), 'champ', or a folder written "
+        "by `synth export` (its SFT rows whose answer ends in \\boxed{} or '#### ...': that is the gold).",
     )
     problems_limit: int = option(0, "Translate only the first N problems (0: all).", min=0)
     seeds: str = option(
@@ -125,7 +132,9 @@ class MultilingualConfig(RecipeConfig):
         max=100,
     )
     lid_backend: str = option(
-        "lingua", "Language identification: lingua or fasttext (lid.176).", choices=BACKENDS
+        "lingua",
+        "Language identification: lingua, fasttext (lid.176), or both (both must name the language).",
+        choices=BACKENDS,
     )
     lid_languages: list[str] = option(
         help="Languages lingua tells apart (the targets are always among them).",
@@ -174,6 +183,52 @@ class MultilingualConfig(RecipeConfig):
             check_reward_model(self.reward_model)
 
 
+EXPORT_FORMS = ("boxed", "hashes")  # final answers explicit enough to be a gold answer
+
+
+def exported_problems(folder: str | Path, limit: int | None = None) -> Iterator[MathProblem]:
+    """Problems from a folder written by ``synth export``: each SFT row (train, then test) whose last
+    assistant turn states its final answer in ``\\boxed{}`` or as ``#### ...`` becomes a problem (the
+    last user turn) with that answer as its gold; other rows (prose, an answer only implied by the last
+    number) are skipped. No such row at all is an error naming the folder."""
+    import pyarrow.parquet as pq
+
+    root = Path(folder)
+    files = sorted((root / "sft").glob("train-*.parquet")) + sorted((root / "sft").glob("test-*.parquet"))
+    if not files:
+        raise InputFileError(f"problems {folder}: a folder, but no sft/*.parquet of `synth export` in it")
+    n = 0
+    for path in files:
+        for row in pq.read_table(path, columns=["id", "messages"]).to_pylist():
+            users = [m["content"] for m in row["messages"] if m["role"] == "user"]
+            answers = [m["content"] for m in row["messages"] if m["role"] == "assistant"]
+            found = extract_answer(answers[-1]) if users and answers else None
+            if found is None or found[1] not in EXPORT_FORMS or not normalize(found[0]):
+                continue
+            if limit is not None and n >= limit:
+                return
+            yield MathProblem(
+                id=str(row["id"]),
+                problem=users[-1].strip(),
+                answer=found[0],
+                source=root.name,
+                provenance=Provenance(capability=CAPABILITY, source=root.name),
+                meta={"reference_solution": answers[-1]},
+            )
+            n += 1
+    if n == 0:
+        raise InputFileError(
+            f"problems {folder}: no exported SFT row states its final answer in \\boxed{{}} or as '#### ...'"
+        )
+
+
+def _problems(cfg: MultilingualConfig, run: Run) -> Iterator[MathProblem]:
+    limit = cfg.problems_limit or None
+    if Path(cfg.problems).is_dir():
+        return exported_problems(cfg.problems, limit)
+    return read_problems(cfg.problems, skip_invalid=cfg.skip_invalid, on_bad=run.quarantine, limit=limit)
+
+
 def _parallel_pairs(cfg: MultilingualConfig, run: Run):
     """The parallel pairs, each language checked against the translation prompt's examples."""
     examples = load_prompt("multilingual/translate").data["examples"]
@@ -211,9 +266,7 @@ def multilingual(run: Run, cfg: MultilingualConfig) -> Outputs:
         sources.append(_source("problems", cfg.problems, SHIPPED_PROBLEMS))
         pool = GraderPool(workers=cfg.grade_workers, timeout=cfg.grade_timeout)
         try:
-            limit = cfg.problems_limit or None
-            problems = run.source("problems", read_problems(cfg.problems, skip_invalid=cfg.skip_invalid,
-                                                            on_bad=run.quarantine, limit=limit))  # fmt: skip
+            problems = run.source("problems", _problems(cfg, run))
             translated = run.map(TranslateProblems(sampling=greedy, languages=targets, **llm), problems, bs)
             translated = run.map(
                 LanguageStage("problem_language", lid, _problem, _language), translated, 1000

@@ -36,7 +36,10 @@ Beyond the paper: the calls and results are kept in OpenAI's tool-calling shape 
 config rendered by ``synth.chat.tool_fallback`` (the rendering generation used) for templates without
 tool support; preference rows pair a kept trace with a failing one of the same request at the turn
 where it failed (Llama 3's message-level comparison); a stateful tool keeps its state across a trace's
-turns by replaying the trace's earlier calls in each fresh sandbox.
+turns by replaying the trace's earlier calls in each fresh sandbox; ``structured_calls`` asks for every
+turn as structured output (``synth.stages.tools.stages.turn_schema``: a call whose arguments fit the
+tool's schema, or ``{"answer": ...}``), constrained on vLLM and OpenAI servers, validated and asked
+again on ``hf`` (off by default: the rows then hold what the model wrote unconstrained).
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ from synth.stages.tools.stages import (
     WriteQueries,
     outcome_counts,
     semantic_variables,
+    turn_schema,
 )
 
 DATA = Path(__file__).resolve().parents[2] / "pipelines" / "data" / "tools"
@@ -105,6 +109,12 @@ class ToolsConfig(RecipeConfig):
     )
     judge_max_tokens: int = option(48, "Max tokens of the semantic judge's reply.", min=1)
     pairs_per_prompt: int = option(1, "Kept-over-failing preference rows per request (0: none).", min=0)
+    structured_calls: bool = option(
+        False,
+        "Ask for every turn of a trace as structured output: a call of a listed tool whose arguments fit "
+        'its schema, or {"answer": ...} (constrained decoding on vllm and openai; validate and retry on '
+        "hf, which cuts a valid call out of a reply and asks again for an invalid one).",
+    )
     calculator_timeout: float = option(5.0, "Seconds one calculator expression may take.", gt=0)
     backend: str = option(
         "local", "Sandbox backend: local (bubblewrap) or docker.", choices=("local", "docker")
@@ -175,8 +185,10 @@ def tools(run: Run, cfg: ToolsConfig) -> Outputs:
     toolbox = Toolbox(specs, sandbox, index=index, calculator=Calculator(cfg.calculator_timeout),
                       module_text=module_text, search_k=cfg.search_k)  # fmt: skip
     lines = "\n".join(f"- {s.name}: {s.description}" for s in specs)
-    act = cfg.sampling(stop=STOP)  # k traces per request; a turn stops after its call
-    turn = cfg.sampling(n=1, stop=STOP)
+    structured = dict(json_schema=turn_schema(specs)) if cfg.structured_calls else {}
+    act = cfg.sampling(stop=STOP, **structured)  # k traces per request; a turn stops after its call
+    turn = cfg.sampling(n=1, stop=STOP, **structured)
+    llm_act = dict(llm, structured=cfg.structured_calls)
     try:
         # 2. synthetic requests: one call (single-step), at least two (multi-step)
         requests = []
@@ -195,14 +207,16 @@ def tools(run: Run, cfg: ToolsConfig) -> Outputs:
         loop: Rows | None = None
         if requests:
             acted = run.map(
-                Act(step=0, toolbox=toolbox, sampling=act, **llm),
+                Act(step=0, toolbox=toolbox, sampling=act, **llm_act),
                 functools.reduce(operator.add, requests),
                 bs,
             )
             stages = [acted]
             for s in range(cfg.max_calls):
                 executed = run.map(ExecuteCalls(step=s, toolbox=toolbox, sandbox=sandbox), acted, bs * cfg.k)
-                acted = run.map(Act(step=s + 1, toolbox=toolbox, sampling=turn, **llm), executed, bs * cfg.k)
+                acted = run.map(
+                    Act(step=s + 1, toolbox=toolbox, sampling=turn, **llm_act), executed, bs * cfg.k
+                )
                 stages += [executed, acted]
             loop = functools.reduce(operator.add, (r.all for r in stages))
             finished.append(functools.reduce(operator.add, stages))
@@ -221,7 +235,9 @@ def tools(run: Run, cfg: ToolsConfig) -> Outputs:
                                threshold=cfg.semantic_threshold, max_tokens=cfg.judge_max_tokens)  # fmt: skip
             judged = run.map(judge, ran, bs)
             finished.append(
-                run.map(Act(name="apigen_answer", step=1, toolbox=toolbox, sampling=turn, **llm), judged, bs)
+                run.map(
+                    Act(name="apigen_answer", step=1, toolbox=toolbox, sampling=turn, **llm_act), judged, bs
+                )
             )
 
         # 5. every finished trace: an answer after enough executed calls -> SFT rows

