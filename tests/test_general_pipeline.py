@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import datasets
 import pytest
+from killing import committed, events, run_and_kill
 
 from synth.store import Store
 
@@ -66,36 +65,8 @@ def snapshot(run_dir: Path) -> dict[str, list[tuple[str, bool, str]]]:
     return out
 
 
-def events(run_dir: Path) -> list[dict]:
-    p = run_dir / "events.jsonl"
-    return [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
-
-
-def run_and_kill(args: list[str], run_dir: Path, should_kill, timeout: float = 300) -> bool:
-    """Start the run; SIGKILL it as soon as ``should_kill(new_events)`` holds. True if killed."""
-    before = len(events(run_dir))
-    proc = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    try:
-        while proc.poll() is None and time.time() < deadline:
-            if should_kill(events(run_dir)[before:]):
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                return True
-            time.sleep(0.05)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return False
-
-
 def stage_done(stage: str):
     return lambda evs: any(e["event"] == "stage_done" and e["stage"] == stage for e in evs)
-
-
-def committed(stage: str, n: int):
-    return lambda evs: sum(e["event"] == "batch_committed" and e["stage"] == stage for e in evs) >= n
 
 
 def test_run_stats_export_round_trip(reference_run, tmp_path):

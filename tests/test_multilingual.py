@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from killing import committed, events, run_and_kill
 
 from pipelines.cli import main
 from synth.io import InputFileError
@@ -495,36 +496,6 @@ def synth_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "pipelines.cli", *args]
 
 
-def events(run_dir: Path) -> list[dict]:
-    p = run_dir / "events.jsonl"
-    return [json.loads(x) for x in p.read_text().splitlines() if x.endswith("}")] if p.exists() else []
-
-
-def run_and_kill(args: list[str], run_dir: Path, should_kill, timeout: float = 300) -> bool:
-    """Start the run; SIGKILL it as soon as ``should_kill(new_events)`` holds. True if killed."""
-    import os
-    import signal
-    import subprocess
-    import time
-
-    env = {**os.environ, "SYNTH_NO_PROGRESS": "1"}
-    before = len(events(run_dir))
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    try:
-        while proc.poll() is None and time.time() < deadline:
-            if should_kill(events(run_dir)[before:]):
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                return True
-            time.sleep(0.02)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return False
-
-
 def snapshot(run_dir: Path) -> dict:
     from synth.store import Store
 
@@ -546,10 +517,6 @@ def first_difference(got: list[tuple], want: list[tuple]) -> str | None:
             lo = max(0, i - 150)
             return f"{g[:4]} vs {w[:4]}: ...{g[4][lo : i + 150]}... vs ...{w[4][lo : i + 150]}..."
     return None if len(got) == len(want) else f"{len(got)} rows vs {len(want)}"
-
-
-def committed(stage: str, n: int = 1):
-    return lambda evs: sum(e["event"] == "batch_committed" and e["stage"] == stage for e in evs) >= n
 
 
 def stage_done(stage: str):

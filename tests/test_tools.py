@@ -671,3 +671,26 @@ def test_structured_calls_ask_for_schema_valid_turns(tmp_path, structured):
         assert json.loads(call.tool_calls[0].function.arguments) == GOOD["calculator"]
         assert result.role == "tool" and result.content == "391" and answer.content == "17 * 23 is 391."
         assert r.meta["call_formats"] == ["bare_json"]
+
+
+@pytest.mark.slow
+def test_structured_calls_on_real_vllm_leave_no_malformed_turn(tmp_path, vllm_engine):
+    """The real engine (vLLM's constrained decoding, embedded model): with ``--structured-calls`` no
+    turn of any trace is malformed JSON, an unknown tool or arguments outside the tool's schema."""
+    from synth.recipe import run_recipe
+    from synth.recipes.tools import ToolsConfig
+
+    cfg = ToolsConfig(out=str(tmp_path / "run"), core_tools=["calculator"], tools="", k=2, queries_per_tool=1,
+                      multi_per_tool=0, max_calls=2, max_tokens=64, request_max_tokens=40, seed=0,
+                      structured_calls=True)  # fmt: skip
+    run = run_recipe("tools", cfg, vllm_engine)
+    funnel = {f["stage"]: f for f in run.store.funnel()}
+    traces = list(run.store.iter_records("act_0"))
+    run.close()
+    assert funnel["act_0"]["rows_in"] > 0
+    # every reply the constraint let finish is a call (pending execution) or a JSON answer: plain prose
+    # would fail this
+    finished = [t for t in traces if not t.meta.get("structured_errors")]
+    assert finished and all(t.pending or t.meta.get("answer_format") == "json" for t in finished), traces
+    reasons = {r for f in funnel.values() for r in f["reasons"]}
+    assert not reasons & {"bad_json", "bad_format", "unknown_tool", "schema_violation"}, funnel

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from killing import committed, events, run_and_kill
 
 from synth.store import Store
 
@@ -96,34 +95,6 @@ def test_the_recipe_on_the_embedded_model(tmp_path, hf_engine, capsys):
 
 # -- kill -9 and resume --------------------------------------------------------------------------
 ENV = {**os.environ, "SYNTH_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
-
-
-def events(run_dir: Path) -> list[dict]:
-    p = run_dir / "events.jsonl"
-    return [json.loads(x) for x in p.read_text().splitlines() if x.endswith("}")] if p.exists() else []
-
-
-def run_and_kill(args: list[str], run_dir: Path, should_kill, timeout: float = 300) -> bool:
-    """Start the run; SIGKILL it as soon as ``should_kill(new_events)`` holds. True if killed."""
-    before = len(events(run_dir))
-    proc = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    try:
-        while proc.poll() is None and time.time() < deadline:
-            if should_kill(events(run_dir)[before:]):
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                return True
-            time.sleep(0.02)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return False
-
-
-def committed(stage: str, n: int = 1):
-    return lambda evs: sum(e["event"] == "batch_committed" and e["stage"] == stage for e in evs) >= n
 
 
 def snapshot(run_dir: Path) -> dict:

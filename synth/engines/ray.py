@@ -392,10 +392,9 @@ def _resolve(engine: str, ray: Any) -> str:
 
     if ray.cluster_resources().get("GPU", 0) and importlib.util.find_spec("vllm") is not None:
         return "vllm"
-    from synth import engines
+    from synth.engines import resolve_engine
 
-    resolve = getattr(engines, "resolve_engine", None)
-    return resolve(engine) if resolve else "hf"
+    return resolve_engine(engine)
 
 
 def _first_line(e: BaseException) -> str:
