@@ -232,3 +232,29 @@ def test_score_tables_are_aggregates_of_each_rows_last_score(tmp_path):
     assert tables["judge"]["stats"] == {"n": 5, "min": 0.0, "median": 2.0, "mean": 3.0, "max": 9.0}
     assert [n for _, _, n in tables["judge"]["bins"]] == [3, 1, 1]  # 0,1,2 | 3 | 9 (p4's last score)
     assert tables["rm"]["bins"] == [(0.5, 0.5, 1)] and histogram(tables["rm"]["bins"])[0][1] == 1
+
+
+def test_the_progress_snapshot_catches_up_with_a_held_run_and_at_close(tmp_path):
+    """progress.json is written at most every PROGRESS_EVERY seconds while batches commit (not once
+    per batch); a timer writes the snapshot held back, so a run that then waits (on its engine) shows
+    every committed batch, and close writes the last one."""
+    import json
+    import time
+
+    from synth.store import PROGRESS_EVERY, PROGRESS_NAME
+
+    def kept(store_dir):
+        snap = json.loads((store_dir / PROGRESS_NAME).read_text())
+        return {f["stage"]: f["kept"] for f in snap["funnel"]}
+
+    store = Store(tmp_path)
+    store.begin_stage("gen", 30)
+    for b in range(3):
+        store.commit_batch("gen", f"b{b}", [prompt(b * 10 + i) for i in range(10)])
+    # (on a quick machine the second and third batch are not in the file yet: not asserted, timing)
+    time.sleep(PROGRESS_EVERY * 3)
+    assert kept(tmp_path)["gen"] == 30  # the timer wrote them while the run held
+    store.commit_batch("gen", "b3", [prompt(30)])
+    store.commit_batch("gen", "b4", [prompt(31)])
+    store.close()
+    assert kept(tmp_path)["gen"] == 32  # close writes what the throttle held back

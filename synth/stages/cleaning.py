@@ -65,6 +65,7 @@ _APOLOGY = re.compile(
     r"|(?:^|(?<=[.!?:;]\s)|(?<=\n))\s*(?:sorry|apologies)\b",
     re.IGNORECASE,
 )
+_AS_AN_AI = re.compile(r"as\s+an\s+ai", re.IGNORECASE)
 # sympathy, not apology: "I'm sorry to hear that", "sorry for your loss"
 _SYMPATHY = re.compile(r"^\s*(?:to\s+hear|for\s+your\s+loss|about\s+your\s+loss)\b", re.IGNORECASE)
 # an apology that introduces a refusal: "I'm sorry, but I can't help with that"
@@ -79,23 +80,30 @@ _REFUSAL = re.compile(
 
 
 # -- scores ---------------------------------------------------------------------------------------
+# The scores run on every response of a run (millions at scale): each one first asks, in C, whether
+# the characters its pattern needs are there at all, and skips the regex when they are not.
 def emoji_count(text: str) -> int:
-    return len(_EMOJI.findall(text))
+    return 0 if text.isascii() else len(_EMOJI.findall(text))  # every emoji is outside ASCII
 
 
 def prose(text: str) -> str:
     """``text`` without code (fenced blocks, inline spans) and markdown images."""
-    return _IMAGE.sub("", _INLINE_CODE.sub("", _FENCED.sub("", text)))
+    if "`" in text or "~~~" in text:
+        text = _INLINE_CODE.sub("", _FENCED.sub("", text))
+    return _IMAGE.sub("", text) if "![" in text else text
 
 
 def exclamation_count(text: str) -> int:
-    return len(_EXCLAMATION.findall(prose(text)))
+    return len(_EXCLAMATION.findall(prose(text))) if "!" in text else 0
 
 
 def apologies(text: str) -> list[str]:
     """The apologetic phrases of ``text``, in order; an apology that introduces a refusal (and the
     refusal itself) and sympathy ("sorry to hear that") are not among them."""
     found: list[str] = []
+    lower = text.casefold()  # casefold: the regex's IGNORECASE also matches "ſ" for "s"
+    if "sorry" not in lower and "apolog" not in lower and not _AS_AN_AI.search(text):
+        return found  # none of the words every apologetic phrase holds
     consumed = 0
     for m in _APOLOGY.finditer(text):
         if m.start() < consumed:
