@@ -126,6 +126,18 @@ def _sample_command() -> click.Command:
     return command(SampleOptions, "sample", lambda cfg: _run_recipe(NAME, cfg), get_recipe(NAME).doc)
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    help="The quality layer and the data mix over runs or exports of several recipes: decontamination, "
+    "quality (RM top quartile or judge maximum), difficulty, dedup, proportions by capability; exported "
+    "to OUT/dataset. `synth mix --help` lists its options.",
+)
+def mix(ctx: typer.Context) -> None:
+    from pipelines.mix_cli import mix_command
+
+    mix_command().main(args=ctx.args, prog_name="synth mix", standalone_mode=False)
+
+
 @app.command()
 def stats(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],

@@ -71,6 +71,10 @@ class RoundConfig:
     # (``synth.stages.math.evaluate.evaluate_to``'s options); each writes ``eval_<name>/metrics.json``,
     # shown in ROUND.md
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the quality layer and data mix over the round's recipe runs (``synth.recipes.mix.MixConfig``
+    # fields but sources and out; {} for the defaults; None: no mix, the recipes' rows as they are):
+    # the round's SFT and DPO data are then the mix's rows
+    mix: dict[str, Any] | None = None
 
     def weights(self, stage: str) -> list[float] | None:
         """The averaging weights of one stage's variants (None: uniform)."""
@@ -117,6 +121,10 @@ class RoundConfig:
         unknown_evals = sorted(set(cfg.evals) - set(EVALS))
         if unknown_evals:
             raise ValueError(f"{path}: unknown evals {unknown_evals}; known: {sorted(EVALS)}")
+        if cfg.mix is not None and not isinstance(cfg.mix, dict):
+            raise ValueError(f"{path}: mix is a mapping of the mix's options ({{}} for the defaults)")
+        if cfg.mix and {"sources", "out"} & set(cfg.mix):
+            raise ValueError(f"{path}: mix.sources and mix.out are set by the round (its recipe runs)")
         if not all(isinstance(v, dict) for v in cfg.evals.values()):
             raise ValueError(f"{path}: each evals entry is a mapping of its options ({{}} for the defaults)")
         from synth.recipe import recipes
@@ -138,6 +146,21 @@ def _generate(
     shared = {"out": str(out), "engine": cfg.engine, "model": policy, "base_url": cfg.base_url,
               "seed": cfg.seed + rnd, "round": rnd}  # fmt: skip
     run_recipe(name, build(spec.config, shared, opts, where=f"recipes.{name}")).close()
+
+
+def _mix(gen_runs: dict[str, Path], out: Path, policy: str | None, cfg: RoundConfig, rnd: int) -> None:
+    """The quality layer and the data mix over this round's recipe runs (``synth mix``), exported to
+    ``out/dataset`` with its card; the judge and the taggers are the round's policy."""
+    from synth.config import build
+    from synth.export.mix_card import export_mix
+    from synth.recipe import run_recipe
+    from synth.recipes.mix import MixConfig
+
+    shared = {"out": str(out), "engine": cfg.engine, "model": policy, "base_url": cfg.base_url,
+              "seed": cfg.seed + rnd, "round": rnd,
+              "sources": [{"path": str(d), "capability": name} for name, d in gen_runs.items()]}  # fmt: skip
+    run_recipe("mix", build(MixConfig, shared, cfg.mix or {}, where="mix")).close()
+    export_mix(out, out / "dataset", overwrite=True)
 
 
 # -- the round --------------------------------------------------------------------------------
@@ -165,6 +188,10 @@ def run_round(cfg: RoundConfig, rnd: int, policy: str | None) -> Path:
         out = here / "gen" / name
         gen_runs[name] = out
         step(f"generate_{name}", lambda n=name, o=opts, d=out: _generate(n, o, d, policy, cfg, rnd))
+
+    # 1b. the quality layer and the data mix over the recipes' rows (when configured)
+    if cfg.mix is not None:
+        step("mix", lambda: _mix(gen_runs, here / "mix", policy, cfg, rnd))
 
     # 2. reward model on all preference data so far (every round's recipes)
     # (rows are read inside the steps: a resumed round past them reads no store)
@@ -254,7 +281,11 @@ class _Steps:
 
 
 def _round_records(here: Path, kind: str, rnd: int) -> Iterator[Record]:
-    """This round's recipe output rows of one kind, ids prefixed so rounds never collide (streamed)."""
+    """This round's recipe output rows of one kind, ids prefixed so rounds never collide (streamed);
+    the mix's rows where the round ran one (its quality layer and proportions over the recipes)."""
+    if is_run_dir(here / "mix"):
+        yield from _records_of(here / "mix", kind, f"r{rnd}-mix")
+        return
     gen = here / "gen"
     runs = sorted(p for p in gen.iterdir() if is_run_dir(p)) if gen.exists() else []
     for run in runs:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from synth.io import read_records, read_seeds
-from synth.records import Item, Message, Provenance, Record, SFTRecord, stable_id
+from synth.records import Item, Message, PreferenceRecord, Provenance, Record, SFTRecord, stable_id
 from synth.stats import iter_outputs
 from synth.store import DB_NAME, Store
 
@@ -109,6 +109,62 @@ def _export_records(path: Path) -> Iterator[SFTRecord]:
     for split in dd:
         for row in dd[split]:
             yield row_to_record(row)
+
+
+def iter_output_rows(path: Path | str, kind: str) -> Iterator[Record]:
+    """A finished run's kept output rows of ``kind`` (sft or preference), or an exported dataset
+    folder's rows of that config, streamed (``synth mix`` reads its sources so)."""
+    path = Path(path)
+    if is_run_dir(path):
+        store = Store(path, read_only=True)
+        try:
+            if not store.get_meta("outputs"):
+                raise ValueError(f"{path} has no finished run output to mix (run it to the end first)")
+            yield from iter_outputs(store, kind)
+        finally:
+            store.close()
+    elif path.is_dir():
+        if kind == "sft":
+            yield from _export_records(path)
+        else:
+            yield from _export_preferences(path)
+    else:
+        raise ValueError(f"{path}: neither a run directory nor an exported dataset folder")
+
+
+def _export_preferences(path: Path) -> Iterator[PreferenceRecord]:
+    from synth.export import load_export
+
+    if not (path / "preference").is_dir():
+        return
+    dd = load_export(path, "preference")
+    for split in dd:
+        for row in dd[split]:
+            yield preference_row_to_record(row)
+
+
+def preference_row_to_record(row: dict[str, Any]) -> PreferenceRecord:
+    """An exported preference row back into a record (chosen, rejected and edited responses)."""
+    data = dict(row)
+    capability = data.pop("capability", None)
+    scores = json.loads(data.get("scores") or "{}") if isinstance(data.get("scores"), str) else {}
+    provenance = json.loads(data.get("provenance") or "{}") if isinstance(data.get("provenance"), str) else {}
+    responses = []
+    for label in ("edited", "chosen", "rejected"):
+        turns = data.get(label) or []
+        if turns:
+            score = data.get(f"{label}_score")
+            responses.append({"label": label, "content": turns[0]["content"], "score": score})
+    return PreferenceRecord.model_validate(
+        {
+            "id": data["id"],
+            "prompt": data["prompt"],
+            "responses": responses,
+            "strength": data.get("strength"),
+            "scores": {k: v for k, v in scores.items() if v is not None},
+            "provenance": provenance or ({"capability": capability} if capability else None),
+        }
+    )
 
 
 def row_to_record(row: dict[str, Any]) -> SFTRecord:
