@@ -39,8 +39,10 @@ from synth.records import Provenance, Record
 from synth.stages.mix import TABLE_7, MixSelect
 
 HELD_OUT_DIR = Path(__file__).resolve().parents[2] / "pipelines" / "data"
+# the held-out sets of the shipped evaluation suite (pipelines/configs/eval_suite.yaml)
 SHIPPED_HELD_OUT = [
     str(HELD_OUT_DIR / "math" / "heldout.jsonl"),
+    *(str(HELD_OUT_DIR / "heldout" / f"{name}.jsonl") for name in ("code", "tools", "language", "long_context")),
 ]
 
 
@@ -56,7 +58,7 @@ class MixConfig(RecipeConfig):
         help="Share of each capability in the mix (normalised to 1); default: Llama 3's Table 7.",
     )
     total: int = option(0, "Rows in the mix; 0: the most that meet the proportions exactly.", min=0)
-    rm_score: str = option("reward", "The rows' reward-model score (scores[...]) for the top quartile.")
+    rm_score: str = option("rm", "The rows' reward-model score (scores[...]) for the top quartile.")
     rm_top_fraction: float = option(
         0.25, "RM share kept per capability (Llama 3: top quartile).", gt=0, max=1
     )
@@ -126,13 +128,13 @@ def _rows_of(spec: dict[str, Any], kind: str) -> Iterator[Record]:
 @recipe("mix", MixConfig)
 def mix(run: Run, cfg: MixConfig) -> Outputs:
     """Runs of several recipes -> decontamination, quality, difficulty, dedup -> a data mix."""
-    from synth.stages.decontam import Decontaminate, read_held_out
+    from synth.stages.decontam import Decontaminate, Decontaminator, read_held_out
     from synth.stages.dedup import DEFAULT_THRESHOLD, NearDuplicates, SemanticDedup
     from synth.stages.difficulty import DifficultyRating, InstagTags
     from synth.stages.quality import QualitySelect, RubricJudge
 
     specs = _source_specs(cfg)
-    held_out = read_held_out(cfg.held_out)
+    checker = Decontaminator(read_held_out(cfg.held_out), n=cfg.decontam_n, threshold=cfg.decontam_threshold)
 
     # 1. every source's SFT rows, one source stage each (read again and compared on resume)
     sources: Rows | None = None
@@ -142,22 +144,21 @@ def mix(run: Run, cfg: MixConfig) -> Outputs:
     assert sources is not None
 
     # 2. decontamination against the held-out evaluation sets
-    clean = run.map(Decontaminate(held_out, n=cfg.decontam_n, threshold=cfg.decontam_threshold), sources,
-                    batch_size=1000)  # fmt: skip
+    clean = run.map(Decontaminate(checker), sources, batch_size=1000)
 
     # 3. quality: the rubric judge, then RM top quartile per capability OR judge maximum
     if cfg.rubric:
         judge = RubricJudge(run.engine, max_tokens=cfg.judge_max_tokens)
         clean = run.map(judge, clean, batch_size=cfg.batch_size)
-    quality = run.map(QualitySelect(rm_score=cfg.rm_score, max_score=cfg.rubric_max_score,
-                                    top_fraction=cfg.rm_top_fraction), clean, batch_size=1000)  # fmt: skip
+    select = QualitySelect(
+        rm_score=cfg.rm_score, fraction=cfg.rm_top_fraction, max_score=cfg.rubric_max_score
+    )
+    quality = run.map(select, clean, batch_size=1000)
 
     # 4. difficulty: intention tags and a 3-point rating (they rank, they do not filter)
     if cfg.difficulty:
-        quality = run.map(InstagTags(run.engine, max_tokens=cfg.judge_max_tokens), quality,
-                          batch_size=cfg.batch_size)  # fmt: skip
-        quality = run.map(DifficultyRating(run.engine, max_tokens=cfg.judge_max_tokens), quality,
-                          batch_size=cfg.batch_size)  # fmt: skip
+        quality = run.map(InstagTags(engine=run.engine), quality, batch_size=cfg.batch_size)
+        quality = run.map(DifficultyRating(engine=run.engine), quality, batch_size=cfg.batch_size)
 
     # 5. near-exact duplicates (MinHash, across the project), 6. semantic duplicates
     near = run.map(NearDuplicates(threshold=cfg.near_dedup_threshold, index_path=cfg.project_index), quality,
@@ -178,8 +179,7 @@ def mix(run: Run, cfg: MixConfig) -> Outputs:
         pref_sources = rows if pref_sources is None else pref_sources + rows
     pairs = []
     if pref_sources is not None:
-        decontam = Decontaminate(held_out, n=cfg.decontam_n, threshold=cfg.decontam_threshold)
-        decontam.name = "decontaminate_preference"
+        decontam = Decontaminate(checker, name="decontaminate_preference")
         pairs = [run.map(decontam, pref_sources, batch_size=1000)]
     return Outputs(prompts=None, sft=[mixed], preference=pairs, capability="mix")
 
