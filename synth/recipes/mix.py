@@ -42,7 +42,7 @@ HELD_OUT_DIR = Path(__file__).resolve().parents[2] / "pipelines" / "data"
 # the held-out sets of the shipped evaluation suite (pipelines/configs/eval_suite.yaml)
 SHIPPED_HELD_OUT = [
     str(HELD_OUT_DIR / "math" / "heldout.jsonl"),
-    *(str(HELD_OUT_DIR / "heldout" / f"{name}.jsonl") for name in ("code", "tools", "language", "long_context")),
+    *(str(HELD_OUT_DIR / "heldout" / f"{n}.jsonl") for n in ("code", "tools", "language", "long_context")),
 ]
 
 
