@@ -356,10 +356,13 @@ def _mount_subcommands() -> None:
     from pipelines.math_cli import eval_app, grade_app
 
     app.add_typer(grade_app, name="grade", help="Grade model outputs against gold answers (math).")
-    app.add_typer(eval_app, name="eval", help="Evaluate a checkpoint on held-out data (math, factuality).")
+    app.add_typer(eval_app, name="eval")  # its help: the suite's group callback (pipelines/eval_cli.py)
     from pipelines.factuality_cli import add_eval_factuality
 
     add_eval_factuality(eval_app)
+    from pipelines.eval_cli import add_eval_suite
+
+    add_eval_suite(eval_app)
 
 
 _mount_subcommands()

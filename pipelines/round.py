@@ -44,7 +44,8 @@ from synth.store import Store
 
 console = Console(stderr=True)
 STAGES = ("rm", "sft", "dpo")  # the trained stages, each with its variants averaged
-EVALS = ("math",)  # evaluations a round can run on its model (``RoundConfig.evals``)
+EVALS = ("math", "suite")  # evaluations a round can run on its model (``RoundConfig.evals``)
+SHIPPED_SUITE = Path(__file__).resolve().parent / "configs" / "eval_suite.yaml"
 
 
 @dataclass
@@ -68,8 +69,10 @@ class RoundConfig:
     # {rm: [...], sft: [...], dpo: [...]}, one weight per variant (a plain list: the DPO variants')
     average_weights: dict[str, list[float]] | list[float] | None = None
     # evaluations of each round's model, after averaging: {math: {data, k, max_tokens, limit, ...}}
-    # (``synth.stages.math.evaluate.evaluate_to``'s options); each writes ``eval_<name>/metrics.json``,
-    # shown in ROUND.md
+    # (``synth.stages.math.evaluate.evaluate_to``'s options), {suite: {path, limit}} (``synth eval
+    # --suite``: every capability's held-out check; path default: the shipped suite); each writes
+    # ``eval_<name>/metrics.json``, shown in ROUND.md next to the previous round's, and ROUNDS.md at
+    # the top plots every metric round by round
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)
     # the quality layer and data mix over the round's recipe runs (``synth.recipes.mix.MixConfig``
     # fields but sources and out; {} for the defaults; None: no mix, the recipes' rows as they are):
@@ -382,7 +385,16 @@ def _average(dirs: list[Path], out: Path, weights: list[float] | None) -> None:
 
 def _evaluate(name: str, opts: dict[str, Any], out: Path, model: Path, cfg: RoundConfig) -> None:
     """One evaluation of the round's model; its metrics land in ``out/metrics.json``."""
-    if name == "math":
+    if name == "suite":
+        from synth.evaluate.suite import EvalSuite, run_suite
+
+        unknown = sorted(set(opts) - {"path", "limit"})
+        if unknown:
+            raise ValueError(f"evals.suite: unknown keys {unknown}; known: ['limit', 'path']")
+        suite = EvalSuite.from_yaml(opts.get("path") or SHIPPED_SUITE)
+        headline = run_suite(suite, str(model), out, engine=cfg.engine, limit=opts.get("limit"))
+        console.log(f"eval_suite: {json.dumps(headline)}")
+    elif name == "math":
         from synth.stages.math.evaluate import evaluate_to
 
         metrics = evaluate_to(out, str(model), **{"engine": cfg.engine, **opts})
@@ -401,11 +413,85 @@ def _round_card(here: Path, rnd: int, policy: str | None, cfg: RoundConfig) -> N
         lines.append(f"- recipe `{name.name}`: {s['rows']['sft']} SFT rows, {s['rows']['preference']} pairs")
     runs = [d.name for d in sorted(here.iterdir()) if d.is_dir() and d.name.split("_")[0] in STAGES]
     runs = sorted(runs, key=lambda name: (STAGES.index(name.split("_")[0]), name))
-    runs += [f"eval_{name}" for name in cfg.evals]
     for step in runs:
         metrics = here / step / "metrics.json"
         if metrics.exists():
             lines += ["", f"## {step}", "", "```json", metrics.read_text().strip(), "```"]
+    lines += _evaluation_lines(here, rnd, cfg)
     lines += ["", "Datasets (each with its data card):", ""]
     lines += [f"- `{d}`" for d in sorted((here / "data").iterdir()) if d.is_dir()]
+    if (here / "mix" / "dataset" / "README.md").exists():
+        lines.append(f"- `{here / 'mix' / 'dataset'}` (the mix: its card shows the proportions and funnels)")
     (here / "ROUND.md").write_text("\n".join(lines) + "\n")
+    _rounds_report(Path(cfg.out), rnd, cfg)
+
+
+def _headlines(here: Path, name: str) -> dict[str, Any] | None:
+    """An evaluation's headline numbers ({check: {metric: value, n}}) from a round directory."""
+    path = here / f"eval_{name}" / "metrics.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    if name == "math":  # one check: its numeric metrics
+        keep = {k: v for k, v in data.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        return {"math": keep}
+    return data
+
+
+def _evaluation_lines(here: Path, rnd: int, cfg: RoundConfig) -> list[str]:
+    """Each evaluation of this round next to the previous round's (a table with the change)."""
+    from pipelines.eval_cli import compare_md
+
+    lines: list[str] = []
+    previous_dir = here.parent / f"round_{rnd - 1}"
+    for name in cfg.evals:
+        now = _headlines(here, name)
+        if now is None:
+            continue
+        before = _headlines(previous_dir, name) if rnd > 1 else None
+        what = f"round {rnd} vs round {rnd - 1}" if before is not None else f"round {rnd} (the first)"
+        lines += ["", f"## eval_{name}: {what}", "", compare_md(before, now).rstrip()]
+    return lines
+
+
+def _rounds_report(root: Path, last: int, cfg: RoundConfig) -> None:
+    """ROUNDS.md (and rounds.png): every evaluation metric of every round so far, as a table and a
+    plot of the metrics over rounds."""
+    series: dict[str, list[float | None]] = {}
+    rounds = list(range(1, last + 1))
+    for i, rnd in enumerate(rounds):
+        for name in cfg.evals:
+            for check, metrics in (_headlines(root / f"round_{rnd}", name) or {}).items():
+                for metric, value in metrics.items():
+                    if metric == "n" or not isinstance(value, int | float) or isinstance(value, bool):
+                        continue
+                    key = f"{check}/{metric}"
+                    series.setdefault(key, [None] * len(rounds))[i] = float(value)
+    lines = ["# Rounds", "", f"Evaluation of each round's model (`{root}`).", ""]
+    if not series:
+        (root / "ROUNDS.md").write_text("\n".join([*lines, "No evaluation configured (evals:).", ""]))
+        return
+    lines += ["| metric | " + " | ".join(f"round {r}" for r in rounds) + " |",
+              "|---|" + "---:|" * len(rounds)]  # fmt: skip
+    for key, values in series.items():
+        cells = ["-" if v is None else f"{v:.4f}" for v in values]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for key, values in series.items():
+        points = [(r, v) for r, v in zip(rounds, values, strict=True) if v is not None]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key)
+    ax.set_xlabel("round")
+    ax.set_xticks(rounds)
+    ax.set_ylabel("score")
+    ax.set_title("held-out evaluation by round")
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    fig.savefig(root / "rounds.png", dpi=100)
+    plt.close(fig)
+    lines += ["", "![every metric, round by round](rounds.png)", ""]
+    (root / "ROUNDS.md").write_text("\n".join(lines))

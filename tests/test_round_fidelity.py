@@ -224,3 +224,37 @@ def test_every_round_evaluates_its_own_model(tmp_path, base, monkeypatch, tok):
         assert 0.0 <= metrics["greedy_accuracy"] <= 1.0 and "maj@2" in metrics
         assert len(metrics["per_problem"]) == 2
         assert "## eval_math" in (here / "ROUND.md").read_text()
+
+
+def test_each_round_is_evaluated_by_the_suite_next_to_the_previous_one(tmp_path, base, monkeypatch, tok):
+    """``evals: {suite: ...}`` runs `synth eval --suite` on each round's model (real hf engine on the
+    tiny model, real checkers); round 2's ROUND.md shows its numbers next to round 1's, and ROUNDS.md
+    at the top has every metric by round, with a plot."""
+    Stand_ins(monkeypatch, tok)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"engine": "hf", "checks": {
+        "language": {"data": "pipelines/data/heldout/language.jsonl", "limit": 2, "max_tokens": 4},
+        "long_context": {"data": "pipelines/data/heldout/long_context.jsonl", "limit": 1, "max_tokens": 4},
+    }}))  # fmt: skip
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(ValueError, match="unknown keys \\['k'\\]"):
+        run_rounds(config(tmp_path / "bad", base, evals={"suite": {"path": str(suite), "k": 1}}))
+    run_rounds(config(tmp_path, base, rounds=2, evals={"suite": {"path": str(suite)}}))
+    root = tmp_path / "round"
+    for rnd in (1, 2):
+        metrics = json.loads((root / f"round_{rnd}" / "eval_suite" / "metrics.json").read_text())
+        assert set(metrics) == {"language", "long_context"}
+        assert metrics["language"]["n"] == 2 and metrics["long_context"]["n"] == 1
+        assert 0.0 <= metrics["language"]["match_rate"] <= 1.0
+    first = (root / "round_1" / "ROUND.md").read_text()
+    second = (root / "round_2" / "ROUND.md").read_text()
+    assert "## eval_suite: round 1 (the first)" in first
+    assert "## eval_suite: round 2 vs round 1" in second
+    m1 = json.loads((root / "round_1" / "eval_suite" / "metrics.json").read_text())
+    m2 = json.loads((root / "round_2" / "eval_suite" / "metrics.json").read_text())
+    a, b = m1["language"]["match_rate"], m2["language"]["match_rate"]
+    assert f"| language | match_rate | {a:.4f} | {b:.4f} | {b - a:+.4f} | 2 |" in second
+    rounds = (root / "ROUNDS.md").read_text()
+    assert "| metric | round 1 | round 2 |" in rounds
+    assert f"| language/match_rate | {a:.4f} | {b:.4f} |" in rounds
+    assert (root / "rounds.png").stat().st_size > 1000

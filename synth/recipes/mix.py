@@ -39,11 +39,8 @@ from synth.records import Provenance, Record
 from synth.stages.mix import TABLE_7, MixSelect
 
 HELD_OUT_DIR = Path(__file__).resolve().parents[2] / "pipelines" / "data"
-# the held-out sets of the shipped evaluation suite (pipelines/configs/eval_suite.yaml)
-SHIPPED_HELD_OUT = [
-    str(HELD_OUT_DIR / "math" / "heldout.jsonl"),
-    *(str(HELD_OUT_DIR / "heldout" / f"{n}.jsonl") for n in ("code", "tools", "language", "long_context")),
-]
+# the held-out sets of the shipped evaluation suite: every prompt of every check (documents included)
+SHIPPED_HELD_OUT = [str(HELD_OUT_DIR.parent / "configs" / "eval_suite.yaml")]
 
 
 @dataclass(kw_only=True)
@@ -78,7 +75,8 @@ class MixConfig(RecipeConfig):
     )  # fmt: skip
     held_out: list[str] = option(
         default_factory=lambda: list(SHIPPED_HELD_OUT),
-        help="Held-out evaluation sets (JSONL) no mixed row may overlap.",
+        help="Held-out evaluation sets no mixed row may overlap: JSONL files, or an evaluation suite "
+        "(YAML: every check's prompts); default: the shipped suite.",
     )
     decontam_n: int = option(8, "Word n-gram length of the decontamination check.", min=1)
     decontam_threshold: float = option(
@@ -128,13 +126,13 @@ def _rows_of(spec: dict[str, Any], kind: str) -> Iterator[Record]:
 @recipe("mix", MixConfig)
 def mix(run: Run, cfg: MixConfig) -> Outputs:
     """Runs of several recipes -> decontamination, quality, difficulty, dedup -> a data mix."""
-    from synth.stages.decontam import Decontaminate, Decontaminator, read_held_out
+    from synth.stages.decontam import Decontaminate, Decontaminator
     from synth.stages.dedup import DEFAULT_THRESHOLD, NearDuplicates, SemanticDedup
     from synth.stages.difficulty import DifficultyRating, InstagTags
     from synth.stages.quality import QualitySelect, RubricJudge
 
     specs = _source_specs(cfg)
-    checker = Decontaminator(read_held_out(cfg.held_out), n=cfg.decontam_n, threshold=cfg.decontam_threshold)
+    checker = Decontaminator(_held_out(cfg.held_out), n=cfg.decontam_n, threshold=cfg.decontam_threshold)
 
     # 1. every source's SFT rows, one source stage each (read again and compared on resume)
     sources: Rows | None = None
@@ -182,6 +180,20 @@ def mix(run: Run, cfg: MixConfig) -> Outputs:
         decontam = Decontaminate(checker, name="decontaminate_preference")
         pairs = [run.map(decontam, pref_sources, batch_size=1000)]
     return Outputs(prompts=None, sft=[mixed], preference=pairs, capability="mix")
+
+
+def _held_out(paths: list[str]) -> dict[str, list[str]]:
+    """Held-out prompts by set: a suite YAML gives each of its checks' prompts, a JSONL its rows."""
+    from synth.evaluate.suite import held_out_prompts
+    from synth.stages.decontam import read_held_out
+
+    sets: dict[str, list[str]] = {}
+    for path in paths:
+        if str(path).endswith((".yaml", ".yml")):
+            sets.update(held_out_prompts(path))
+        else:
+            sets.update(read_held_out([path]))
+    return sets
 
 
 def _peek(items: Iterator[Record]) -> tuple[Record | None, Iterator[Record]]:
