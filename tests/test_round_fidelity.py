@@ -258,3 +258,16 @@ def test_each_round_is_evaluated_by_the_suite_next_to_the_previous_one(tmp_path,
     assert "| metric | round 1 | round 2 |" in rounds
     assert f"| language/match_rate | {a:.4f} | {b:.4f} |" in rounds
     assert (root / "rounds.png").stat().st_size > 1000
+
+
+def test_the_mix_demo_yaml_has_two_capabilities_the_mix_and_the_suite(tmp_path):
+    from synth.config import build
+    from synth.recipes.mix import MixConfig
+
+    cfg = RoundConfig.from_yaml(Path(__file__).parents[1] / "pipelines" / "configs" / "round_mix_demo.yaml")
+    assert set(cfg.recipes) == {"general", "multilingual"} and cfg.rounds == 2
+    assert set(cfg.evals) == {"suite"} and cfg.mix is not None
+    mix = build(MixConfig, {"out": "x", "sources": ["a", "b"]}, cfg.mix, where="mix")
+    assert set(mix.proportions) == {"general", "multilingual"}
+    with pytest.raises(ValueError, match="mix.sources and mix.out are set by the round"):
+        config(tmp_path, Path("m"), mix={"sources": ["a"]})
