@@ -151,16 +151,19 @@ def _generate(
     run_recipe(name, build(spec.config, shared, opts, where=f"recipes.{name}")).close()
 
 
-def _mix(gen_runs: dict[str, Path], out: Path, policy: str | None, cfg: RoundConfig, rnd: int) -> None:
+def _mix(
+    gen_runs: dict[str, Path], out: Path, policy: str | None, rm_dir: Path, cfg: RoundConfig, rnd: int
+) -> None:
     """The quality layer and the data mix over this round's recipe runs (``synth mix``), exported to
-    ``out/dataset`` with its card; the judge and the taggers are the round's policy."""
+    ``out/dataset`` with its card; the round's reward model scores the rows (its top quartile per
+    capability is high quality, as in Llama 3), the judge and the taggers are the round's policy."""
     from synth.config import build
     from synth.export.mix_card import export_mix
     from synth.recipe import run_recipe
     from synth.recipes.mix import MixConfig
 
     shared = {"out": str(out), "engine": cfg.engine, "model": policy, "base_url": cfg.base_url,
-              "seed": cfg.seed + rnd, "round": rnd,
+              "seed": cfg.seed + rnd, "round": rnd, "reward_model": str(rm_dir),
               "sources": [{"path": str(d), "capability": name} for name, d in gen_runs.items()]}  # fmt: skip
     run_recipe("mix", build(MixConfig, shared, cfg.mix or {}, where="mix")).close()
     export_mix(out, out / "dataset", overwrite=True)
@@ -192,19 +195,21 @@ def run_round(cfg: RoundConfig, rnd: int, policy: str | None) -> Path:
         gen_runs[name] = out
         step(f"generate_{name}", lambda n=name, o=opts, d=out: _generate(n, o, d, policy, cfg, rnd))
 
-    # 1b. the quality layer and the data mix over the recipes' rows (when configured)
-    if cfg.mix is not None:
-        step("mix", lambda: _mix(gen_runs, here / "mix", policy, cfg, rnd))
-
     # 2. reward model on all preference data so far (every round's recipes)
     # (rows are read inside the steps: a resumed round past them reads no store)
     pref_all_dir = here / "data" / "preference_all"
     step("data_preference_all", lambda: _export_rows(
-        (r for k in range(1, rnd + 1) for r in _round_records(root / f"round_{k}", "preference", k)),
+        (r for k in range(1, rnd + 1)
+         for r in _round_records(root / f"round_{k}", "preference", k, mixed=False)),
         "preference", pref_all_dir,
     ))  # fmt: skip
     # initialised from the pre-trained checkpoint every round (Llama 3), not from the last policy
     rm_dir = _variants(step, "rm", pref_all_dir, here, cfg.model, cfg)
+
+    # 2b. the quality layer and the data mix over the recipes' rows, scored by this round's RM (when
+    #     configured): the round's SFT and DPO data are then the mix's
+    if cfg.mix is not None:
+        step("mix", lambda: _mix(gen_runs, here / "mix", policy, rm_dir, cfg, rnd))
 
     # 3. rejection sampling with the policy, scored by the RM, best of K, top quartile
     prompts_file = here / "data" / "prompts.jsonl"
@@ -283,10 +288,11 @@ class _Steps:
         marker.write_text(json.dumps({"step": name, "seconds": round(time.time() - start, 1)}))
 
 
-def _round_records(here: Path, kind: str, rnd: int) -> Iterator[Record]:
+def _round_records(here: Path, kind: str, rnd: int, mixed: bool = True) -> Iterator[Record]:
     """This round's recipe output rows of one kind, ids prefixed so rounds never collide (streamed);
-    the mix's rows where the round ran one (its quality layer and proportions over the recipes)."""
-    if is_run_dir(here / "mix"):
+    ``mixed``: the mix's rows where the round ran one (its quality layer and proportions over the
+    recipes; the reward model, trained before the mix, learns from every recipe's pairs)."""
+    if mixed and is_run_dir(here / "mix"):
         yield from _records_of(here / "mix", kind, f"r{rnd}-mix")
         return
     gen = here / "gen"

@@ -3,8 +3,8 @@ and Table 7's mix), as a recipe over the outputs of other recipes:
 
     sources (runs or exported datasets of several recipes)
       -> decontaminate (held-out evaluation prompts: word n-gram overlap)
-      -> rubric judge (LLM, per-capability rubric) -> quality (RM top quartile per capability OR
-         judge maximum: the union is kept)
+      -> reward model score (``reward_model``) and rubric judge (LLM, per-capability rubric)
+      -> quality (RM top quartile per capability OR judge maximum: the union is kept)
       -> difficulty (Instag intention tags + a 3-point rating by the model)
       -> near-exact dedup (MinHash over word n-grams, across the project's runs)
       -> semantic dedup (embeddings, clustered, kept in quality x difficulty order under a cosine
@@ -26,6 +26,7 @@ whose card shows the mix asked and achieved (table and plot) and each source's f
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,6 +57,10 @@ class MixConfig(RecipeConfig):
     )
     total: int = option(0, "Rows in the mix; 0: the most that meet the proportions exactly.", min=0)
     rm_score: str = option("rm", "The rows' reward-model score (scores[...]) for the top quartile.")
+    reward_model: str | None = option(
+        None, "A reward model folder (`synth train rm`) that scores every row (scores[rm_score]) first; "
+        "unset: the score the rows carry, if any.",
+    )  # fmt: skip
     rm_top_fraction: float = option(
         0.25, "RM share kept per capability (Llama 3: top quartile).", gt=0, max=1
     )
@@ -144,7 +149,15 @@ def mix(run: Run, cfg: MixConfig) -> Outputs:
     # 2. decontamination against the held-out evaluation sets
     clean = run.map(Decontaminate(checker), sources, batch_size=1000)
 
-    # 3. quality: the rubric judge, then RM top quartile per capability OR judge maximum
+    # 3. quality: the reward model's score and the rubric judge, then RM top quartile per capability
+    #    OR judge maximum
+    if cfg.reward_model:
+        from synth.stages.reward import RewardModel, RewardStage
+
+        rm = functools.partial(RewardModel, cfg.reward_model)
+        clean = run.map(
+            RewardStage(rm=rm, name="reward", score=cfg.rm_score), clean, batch_size=cfg.batch_size
+        )
     if cfg.rubric:
         judge = RubricJudge(run.engine, max_tokens=cfg.judge_max_tokens)
         clean = run.map(judge, clean, batch_size=cfg.batch_size)
