@@ -61,3 +61,65 @@ def test_mix_keeps_each_capabilitys_best_rows_and_says_why_it_drops_the_others(t
     assert {r.id for r in run.store.iter_records(again.stages, kept=True)} == kept
     assert json.loads(json.dumps(mix_report(run.store))) == report
     run.close()
+
+
+SENTENCES = [
+    "Cats sleep for most of the day",
+    "Rain makes the streets shine at night",
+    "Tea tastes better in cups",
+    "Maps fold in surprising ways",
+    "Bread rises when the dough is warm",
+    "Stars are far suns",
+    "Rivers carve valleys over time",
+    "Clocks tick in quiet rooms",
+    "Music helps some people study",
+    "Trees lose their leaves in autumn",
+    "Bikes need air in their tyres",
+    "Owls hunt after dark",
+]
+
+
+def test_a_reward_model_scores_the_rows_and_its_top_quartile_is_per_capability(tmp_path, scripted_engine):
+    """``reward_model``: a real reward model (a keyword model: reward grows with the share of "good"
+    tokens) scores every row; the quality step keeps each capability's top quartile, so the general
+    rows, which all score below the code rows, still keep theirs."""
+    from test_reward_scorer import save_keyword_reward_model
+
+    from synth.export import export_dataset
+    from synth.recipe import run_recipe
+    from synth.recipes.mix import MixConfig
+
+    def rows(cap, goods):
+        return [
+            SFTRecord(
+                id=f"{cap}{i}",
+                messages=[
+                    {"role": "user", "content": f"Tell me about item {i} in {cap}."},
+                    {"role": "assistant", "content": f"{SENTENCES[i]}. " + " ".join(["good"] * k)},
+                ],
+                provenance=Provenance(capability=cap),
+            )  # fmt: skip
+            for i, k in enumerate(goods)
+        ]
+
+    summary = {"name": "src", "funnel": [], "models": [], "engines": [], "templates": {}, "sampling": {}}
+    export_dataset(rows("general", range(0, 8)) + rows("code", range(8, 16)), [], tmp_path / "src", summary,
+                   test_fraction=0.0)  # fmt: skip
+    rm = save_keyword_reward_model(tmp_path / "rm")
+    cfg = MixConfig(out=str(tmp_path / "mix"), sources=[str(tmp_path / "src")], reward_model=str(rm),
+                    rubric=False, difficulty=False, proportions={"general": 1, "code": 1})  # fmt: skip
+    run = run_recipe("mix", cfg, engine=scripted_engine)
+    scored = {r.id: r.scores["rm"] for r in run.store.iter_records("reward", kept=True)}
+    assert len(scored) == 16 and min(scored.values()) >= 0.0
+    general = [v for k, v in scored.items() if "general" in k]
+    code = [v for k, v in scored.items() if "code" in k]
+    assert max(general) < min(code)  # one cutoff over both capabilities would keep no general row
+    kept = {r.id: r for r in run.store.iter_records("quality", kept=True)}
+    for cap in ("general", "code"):
+        values = sorted(v for k, v in scored.items() if cap in k)
+        cutoff = values[5] + 0.25 * (values[6] - values[5])  # the 0.75 quantile (linear) of 8 values
+        expected = {k for k, v in scored.items() if cap in k and v >= cutoff - 1e-9}
+        assert {k for k in kept if cap in k} == expected and len(expected) >= 2
+    assert all(r.meta["quality_by"] == "rm_top_quartile" for r in kept.values())
+    assert scripted_engine.calls == []  # no rubric, no difficulty: the LLM is never asked
+    run.close()
