@@ -581,8 +581,8 @@ class Store:
             ).fetchone()[0]
         return self._seq[stage]
 
-    def _selection(
-        self, stages: str | Sequence[str], kept: bool | None, latest: bool
+    def selection(
+        self, stages: str | Sequence[str], kept: bool | None, latest: bool = False
     ) -> tuple[str, list[Any]]:
         """The rows of ``stages`` (kept, rejected or both) as a subquery with columns key, kind, grp,
         data, s (the stage's position in ``stages``) and seq; ``latest``: one row per key, its last
@@ -617,7 +617,7 @@ class Store:
         key, then as written: every group's rows arrive together). A separate cursor streams, so the
         caller may commit other stages while it reads.
         """
-        rows, args = self._selection(stages, kept, latest)
+        rows, args = self.selection(stages, kept, latest)
         order_by = "grp, s, seq" if order == "group" else "s, seq"
         cur = self.db.cursor()
         try:
@@ -641,7 +641,7 @@ class Store:
         return list(self.iter_records(stage, kept))
 
     def count(self, stages: str | Sequence[str], kept: bool | None = None, latest: bool = False) -> int:
-        rows, args = self._selection(stages, kept, latest)
+        rows, args = self.selection(stages, kept, latest)
         return self.db.execute(f"SELECT count(*) FROM ({rows})", args).fetchone()[0]
 
     def quantile(
@@ -649,7 +649,7 @@ class Store:
     ) -> float | None:
         """The ``q`` quantile (linear, as numpy's default) of ``scores[score]`` over the rows; None
         when no row has that score."""
-        rows, args = self._selection(stages, kept, latest)
+        rows, args = self.selection(stages, kept, latest)
         value = self.db.execute(
             "SELECT quantile_cont(v, ?) FROM (SELECT TRY_CAST(json_extract(data, ?) AS DOUBLE) AS v "
             f"FROM ({rows})) WHERE v IS NOT NULL",

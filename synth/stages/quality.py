@@ -130,18 +130,7 @@ def capability_quantiles(
     the rows of ``stages`` (kept, rejected or both; ``latest``: one row per id, its last stage), in
     one aggregate query grouped by ``json_extract(data, '$.provenance.capability')`` ("" for rows
     without provenance). Capabilities where no row has the score are absent."""
-    stages = list(stages)
-    rank = " ".join(f"WHEN ? THEN {i}" for i in range(len(stages)))
-    rows = (
-        f"SELECT key, data, kept, CASE stage {rank} END AS s FROM records WHERE stage IN (SELECT unnest(?))"
-    )
-    args: list[Any] = [*stages, stages]
-    if latest:
-        rows = f"SELECT * FROM ({rows}) QUALIFY row_number() OVER (PARTITION BY key ORDER BY s DESC) = 1"
-    rows = f"SELECT * FROM ({rows})"
-    if kept is not None:
-        rows += " WHERE kept = ?"
-        args.append(kept)
+    rows, args = store.selection(list(stages), kept, latest)  # the rows, as every store read selects them
     sql = (
         "SELECT cap, quantile_cont(v, ?::DOUBLE[]) FROM ("
         "SELECT coalesce(json_extract_string(data, '$.provenance.capability'), '') AS cap, "
