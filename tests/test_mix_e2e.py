@@ -150,6 +150,9 @@ def test_mix_of_two_capabilities_on_the_embedded_model(tmp_path, monkeypatch, ca
     card = (tmp_path / "mix" / "dataset" / "README.md").read_text()
     assert "## Data mix" in card and "| code | 50.00% | 50.00% |" in card and "mix.png" in card
     assert f"| decontaminate | {n} |" in card and "contaminated: 1" in card
+    assert "### Dropped by decontamination" in card and "| code:c5 | code | 0 | 1.00 |" in card
+    (dropped,) = report["contaminated"]
+    assert (dropped["id"], dropped["set"], dropped["item"], dropped["overlap"]) == ("code:c5", "code", 0, 1.0)
     assert (tmp_path / "mix" / "dataset" / "mix.png").stat().st_size > 1000
     assert str(general) in card  # each source and its funnel
 

@@ -91,8 +91,17 @@ def write_mix_plot(report: dict[str, Any], out_dir: Path) -> str | None:
     return "mix.png"
 
 
+def contaminated_rows(store: Store) -> list[dict[str, Any]]:
+    """The rows decontamination dropped: id, the held-out set and item, the overlap."""
+    rows = store.query(
+        "SELECT key, json_extract_string(data, '$.meta.contaminated_by') FROM records "
+        "WHERE stage LIKE 'decontaminate%' AND NOT kept ORDER BY stage, seq"
+    )
+    return [{"id": key, **(json.loads(by) if by else {})} for key, by in rows]
+
+
 def mix_section(report: dict[str, Any], sources: list[dict[str, Any]], funnel: list[dict[str, Any]],
-                plot: str | None) -> str:  # fmt: skip
+                plot: str | None, contaminated: list[dict[str, Any]] | None = None) -> str:  # fmt: skip
     lines = ["", "## Data mix", ""]
     asked = report["asked_total"] or "the most that meet the proportions"
     lines.append(f"{report['total']} SFT rows (total asked: {asked}).")
@@ -108,6 +117,12 @@ def mix_section(report: dict[str, Any], sources: list[dict[str, Any]], funnel: l
         reasons = ", ".join(f"{r}: {n}" for r, n in list(f["reasons"].items())[:4])
         rows_in = f["rows_in"] if f["rows_in"] is not None else f["kept"] + f["rejected"]
         lines.append(f"| {f['stage']} | {rows_in} | {f['kept']} | {f['rejected']} | {reasons} |")
+    if contaminated:
+        lines += ["", "### Dropped by decontamination", "", "| row | held-out set | item | overlap |",
+                  "|---|---|---|---|"]  # fmt: skip
+        for c in contaminated:
+            overlap = f"{c['overlap']:.2f}" if isinstance(c.get("overlap"), int | float) else "-"
+            lines.append(f"| {c['id']} | {c.get('set', '-')} | {c.get('item', '-')} | {overlap} |")
     lines += ["", "### Sources", ""]
     for s in sources:
         cap = f" ({s['capability']})" if s.get("capability") else ""
@@ -132,6 +147,7 @@ def export_mix(run_dir: Path, out: Path, overwrite: bool = False) -> dict[str, A
         summary = summarize(store)
         report = mix_report(store)
         funnel = store.funnel()
+        contaminated = contaminated_rows(store)
         config = store.get_meta("config") or {}
         export_dataset(iter_outputs(store, "sft"), iter_outputs(store, "preference"), out, summary,
                        run_id=run_id_of(run_dir), overwrite=overwrite)  # fmt: skip
@@ -140,7 +156,8 @@ def export_mix(run_dir: Path, out: Path, overwrite: bool = False) -> dict[str, A
     sources = source_funnels(config)
     plot = write_mix_plot(report, out)
     card = out / "README.md"
-    section = mix_section(report, sources, funnel, plot)
+    section = mix_section(report, sources, funnel, plot, contaminated)
     card.write_text(card.read_text(encoding="utf-8") + section, encoding="utf-8")
-    (out / "mix.json").write_text(json.dumps({**report, "sources": sources}, indent=2, default=str) + "\n")
+    about = {**report, "sources": sources, "contaminated": contaminated}
+    (out / "mix.json").write_text(json.dumps(about, indent=2, default=str) + "\n")
     return report
