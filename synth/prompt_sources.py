@@ -111,7 +111,9 @@ def _export_records(path: Path) -> Iterator[SFTRecord]:
             yield row_to_record(row)
 
 
-def iter_output_rows(path: Path | str, kind: str) -> Iterator[Record]:
+def iter_output_rows(
+    path: Path | str, kind: str, purpose: str = "to mix (run it to the end first)"
+) -> Iterator[Record]:
     """A finished run's kept output rows of ``kind`` (sft or preference), or an exported dataset
     folder's rows of that config, streamed (``synth mix`` reads its sources so)."""
     path = Path(path)
@@ -119,7 +121,7 @@ def iter_output_rows(path: Path | str, kind: str) -> Iterator[Record]:
         store = Store(path, read_only=True)
         try:
             if not store.get_meta("outputs"):
-                raise ValueError(f"{path} has no finished run output to mix (run it to the end first)")
+                raise ValueError(f"{path} has no finished run output {purpose}")
             yield from iter_outputs(store, kind)
         finally:
             store.close()
@@ -191,13 +193,8 @@ def load_previous(path: Path | str) -> list[SFTRecord]:
     them (rejection sampling's previous rows are one best row per prompt)."""
     path = Path(path)
     if is_run_dir(path):
-        store = Store(path, read_only=True)
-        try:
-            if not store.get_meta("outputs"):
-                raise ValueError(f"{path} has no finished run output to take previous rows from")
-            records: list[Any] = [r for r in iter_outputs(store, "sft") if isinstance(r, SFTRecord)]
-        finally:
-            store.close()
+        rows = iter_output_rows(path, "sft", "to take previous rows from")
+        records: list[Any] = [r for r in rows if isinstance(r, SFTRecord)]
     elif path.is_dir():
         records = list(_export_records(path))
     else:
