@@ -7,9 +7,12 @@ STAMP := $(VENV)/.installed
 .PHONY: demo demo-code demo-round test lint install clean lock
 
 $(STAMP): pyproject.toml constraints.txt
-	# sandbox tools (bubblewrap isolates generated code; php-cli is a sandbox language)
-	@command -v bwrap >/dev/null && command -v php >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap php-cli >/dev/null; }
+	# sandbox tools (bubblewrap isolates generated code; php-cli is a sandbox language); chromium and its
+	# driver: the tests open `synth view` in a real headless browser
+	@command -v bwrap >/dev/null && command -v php >/dev/null && command -v chromium >/dev/null && \
+	  command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap php-cli \
+	    chromium chromium-driver >/dev/null; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# CPU build of torch from this machine's disk; unpinned torch would pull CUDA packages.

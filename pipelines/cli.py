@@ -363,6 +363,9 @@ def _mount_subcommands() -> None:
     from pipelines.eval_cli import add_eval_suite
 
     add_eval_suite(eval_app)
+    from pipelines.view_cli import view
+
+    app.command(help=view.__doc__)(view)
 
 
 _mount_subcommands()

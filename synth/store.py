@@ -213,6 +213,7 @@ def _lock_conflict(e: duckdb.Error) -> int | None:
 # run dirs this process writes: resolved path -> [lock file, stores open on it, pid]. Stores of one
 # process share the lock (and DuckDB shares its database between them), other processes are refused.
 _HELD: dict[str, list[Any]] = {}
+_SERVING: dict[str, Any] = {}  # run dirs whose live-read socket a store of this process answers
 
 
 def _lock(run_dir: Path) -> str:
@@ -259,10 +260,50 @@ def _unlock(key: str) -> None:
         held[0].close()  # closing the file drops the flock
 
 
+def _stop_reads(key: str, reads: Any) -> None:
+    if _SERVING.get(key) is reads:
+        del _SERVING[key]
+    reads.close()
+
+
 def _close_stream(cur: duckdb.DuckDBPyConnection, reader: pa.RecordBatchReader | None) -> None:
     if reader is not None:
         reader.close()
     cur.close()
+
+
+def funnel_of(query: Any) -> list[dict[str, Any]]:
+    """A store's funnel through ``query(sql, args) -> rows`` (the store's own connection, or a running
+    run's live-read socket): rows in and out per stage, in run order, with rejection reasons."""
+    stages = query("SELECT stage, rows_in, done FROM stages ORDER BY position")
+    counts = {
+        stage: (k, r)
+        for stage, k, r in query(
+            "SELECT stage, count(*) FILTER (WHERE kept), count(*) FILTER (WHERE NOT kept) "
+            "FROM records GROUP BY stage"
+        )
+    }
+    by_stage: dict[str, dict[str, int]] = {}
+    for stage, reason, n in query(
+        "SELECT stage, reason, count(*) FROM records WHERE NOT kept "
+        "GROUP BY stage, reason ORDER BY count(*) DESC, reason"
+    ):
+        by_stage.setdefault(stage, {})[reason] = n
+    out = []
+    for stage, rows_in, done in stages:
+        kept, rejected = counts.get(stage, (0, 0))
+        reasons = by_stage.get(stage, {})
+        out.append(
+            {
+                "stage": stage,
+                "rows_in": rows_in,
+                "kept": kept,
+                "rejected": rejected,
+                "reasons": reasons,
+                "done": bool(done),
+            }
+        )
+    return out
 
 
 class Store:
@@ -296,11 +337,13 @@ class Store:
         self._progress_at = 0.0  # when progress.json was last written (monotonic)
         self._progress_timer: threading.Timer | None = None  # writes a snapshot held back by the throttle
         self._closed = False
+        self._reads: Any = None  # the live-read socket (synth.live), on the first writer of the run dir
         if not read_only:
             self.db.execute(_SCHEMA)
             # stores written before the group / batch size columns existed
             self.db.execute("ALTER TABLE records ADD COLUMN IF NOT EXISTS grp VARCHAR")
             self.db.execute("ALTER TABLE stages ADD COLUMN IF NOT EXISTS batch_size INTEGER")
+            self._serve_reads()
         columns = {r[0] for r in self.db.execute("DESCRIBE records").fetchall()}
         self._grp = "grp" if "grp" in columns else "key"  # read-only, pre-recipe store: no groups
 
@@ -334,7 +377,23 @@ class Store:
                     ) from None
                 time.sleep(0.1)
 
+    def _serve_reads(self) -> None:
+        """Answer read-only queries from other processes while this store writes (`synth view` of a
+        running run: DuckDB admits no other reader); one socket per run directory and process."""
+        from synth import live
+
+        key = str(self.run_dir.resolve())
+        if key not in _SERVING:
+            self._reads = live.start(self.run_dir, self.db)
+            if self._reads is not None:
+                _SERVING[key] = self._reads
+                # a store dropped without close() must not leave its database open through the socket
+                self._reads_finalizer = weakref.finalize(self, _stop_reads, key, self._reads)
+
     def close(self) -> None:
+        if self._reads is not None:
+            self._reads = None
+            self._reads_finalizer()
         with self.mutex:
             timer, self._progress_timer = self._progress_timer, None
             if timer is not None:
@@ -664,35 +723,7 @@ class Store:
     def funnel(self) -> list[dict[str, Any]]:
         """Rows in and out per stage, in run order, with rejection reasons and counts (two aggregate
         queries, whatever the run's size)."""
-        stages = self.db.execute("SELECT stage, rows_in, done FROM stages ORDER BY position").fetchall()
-        counts = {
-            stage: (k, r)
-            for stage, k, r in self.db.execute(
-                "SELECT stage, count(*) FILTER (WHERE kept), count(*) FILTER (WHERE NOT kept) "
-                "FROM records GROUP BY stage"
-            ).fetchall()
-        }
-        by_stage: dict[str, dict[str, int]] = {}
-        for stage, reason, n in self.db.execute(
-            "SELECT stage, reason, count(*) FROM records WHERE NOT kept "
-            "GROUP BY stage, reason ORDER BY count(*) DESC, reason"
-        ).fetchall():
-            by_stage.setdefault(stage, {})[reason] = n
-        out = []
-        for stage, rows_in, done in stages:
-            kept, rejected = counts.get(stage, (0, 0))
-            reasons = by_stage.get(stage, {})
-            out.append(
-                {
-                    "stage": stage,
-                    "rows_in": rows_in,
-                    "kept": kept,
-                    "rejected": rejected,
-                    "reasons": reasons,
-                    "done": bool(done),
-                }
-            )
-        return out
+        return funnel_of(self.query)
 
     # -- quarantine ----------------------------------------------------------------------
     def quarantine(self, source: str, line: int, field: str, error: str, raw: str) -> None:
