@@ -321,3 +321,24 @@ def test_synth_view_refuses_what_it_cannot_serve(tmp_path):
     (tmp_path / "empty").mkdir()
     empty = synth(str(tmp_path / "empty"))
     assert empty.returncode != 0 and "no run store" in empty.stderr
+
+
+def test_a_run_that_answers_no_reads_still_shows_its_funnel(tmp_path, monkeypatch):
+    """A run started with SYNTH_LIVE_READS=0 (or before live reads existed): the funnel comes from its
+    progress snapshot, and rows say why they cannot be shown (503), nothing else breaks."""
+    path = tmp_path / "run"
+    monkeypatch.setenv("SYNTH_LIVE_READS", "0")
+    writer = Store(path)
+    try:
+        writer.begin_stage("generate", 2)
+        writer.commit_batch("generate", "b0", [_sft(0), _sft(1)])
+        writer.end_stage("generate")  # writes the snapshot at once
+        client = TestClient(create_app(path))
+        funnel = client.get("/api/funnel").json()
+        assert funnel["live"] is True and "progress snapshot" in funnel["note"]
+        assert [(f["stage"], f["kept"]) for f in funnel["funnel"]] == [("generate", 2)]
+        rows = client.get("/api/rows", params={"stage": "generate"})
+        assert rows.status_code == 503 and "answers no reads" in rows.json()["error"]
+    finally:
+        writer.close()
+    assert TestClient(create_app(path)).get("/api/rows", params={"stage": "generate"}).json()["total"] == 2

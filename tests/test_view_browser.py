@@ -219,3 +219,58 @@ def test_a_preference_pair_shows_its_two_responses_side_by_side(run, url, browse
     assert chosen["y"] == rejected["y"] and chosen["x"] < rejected["x"]  # side by side
     gap = record["responses"][0]["score"] - record["responses"][-1]["score"]
     assert f"strength: {record['strength']} · score gap: {js_num(gap)}" in row.text
+
+
+def test_the_page_follows_a_run_while_it_writes(tmp_path, browser):
+    """A run holding its store (this process writes it): the page shows it running, its funnel grows
+    with each committed batch, and its rows are readable (the run answers the page's queries)."""
+    from selenium.webdriver.common.by import By
+
+    from synth.records import Message, Provenance, SFTRecord
+
+    def row(i: int) -> SFTRecord:
+        rec = SFTRecord(
+            id=f"r{i}",
+            messages=[Message(role="user", content=f"q{i}"), Message(role="assistant", content=f"a{i}")],
+            provenance=Provenance(capability="general"),
+        )
+        if i % 2:
+            rec.reject("clean", "too_short")
+        return rec
+
+    run = tmp_path / "live"
+    writer = Store(run)
+    proc = None
+    try:
+        writer.begin_stage("clean", 8)
+        writer.commit_batch("clean", "b0", [row(0), row(1)])
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.cli", "view", str(run), "--port", "0"],
+            env=ENV,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        url = re.search(r"http://127\.0\.0\.1:\d+/", proc.stderr.readline()).group(0)
+        browser.get(url)
+        badge = wait(browser, "#live.live")
+        assert badge.text == f"running (pid {os.getpid()})"
+        nums = lambda: browser.find_element(By.CSS_SELECTOR, '.stage[data-stage="clean"] .stage-nums').text  # noqa: E731
+        wait_for(browser, lambda d: "kept 1 · rejected 1" in nums())
+        writer.commit_batch("clean", "b1", [row(2), row(3), row(4), row(5)])
+        wait_for(browser, lambda d: "kept 3 · rejected 3" in nums(), timeout=20)
+        browser.find_element(By.CSS_SELECTOR, 'a.reason[data-reason="too_short"]').click()
+        wait_for(
+            browser,
+            lambda d: (
+                "3 rows of clean (rejected, reason too_short)" in d.find_element(By.ID, "rows-status").text
+            ),
+        )
+        shown = [
+            tr.get_attribute("data-key") for tr in browser.find_elements(By.CSS_SELECTOR, "#rows tbody tr")
+        ]
+        assert shown == ["r1", "r3", "r5"]
+    finally:
+        writer.close()
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)

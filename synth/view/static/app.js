@@ -189,7 +189,7 @@ async function loadRows() {
       round: state.round, score: state.score, min: state.min, max: state.max, q: state.q, offset: state.offset, limit: PAGE });
   } catch (e) { status.className = "status error"; status.textContent = e.message; body.replaceChildren(); return; }
   const what = [state.kept || "all", state.reason && `reason ${state.reason}`, state.capability, state.q && `"${state.q}"`].filter(Boolean).join(", ");
-  status.textContent = `${fmt(data.total)}${data.more ? "+" : ""} row${data.total === 1 ? "" : "s"} of ${data.stage} (${what})`;
+  status.textContent = `${fmt(data.total)} row${data.total === 1 ? "" : "s"} of ${data.stage} (${what})`;
   status.dataset.total = data.total;
   body.replaceChildren(...data.rows.map((r) => el("tr", { "data-key": r.key, onclick: () => openRecord(data.stage, r.key) },
     el("td", { text: String(r.seq) }),
