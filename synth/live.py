@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import socket
-import socketserver
 import tempfile
 import threading
 from pathlib import Path
@@ -50,78 +49,95 @@ def _only_selects(db: duckdb.DuckDBPyConnection, sql: str) -> None:
             raise PermissionError(f"read-only: {st.type.name} statements are refused")
 
 
-class _Handler(socketserver.StreamRequestHandler):
-    server: _Server
-
-    def handle(self) -> None:
-        try:
-            request = json.loads(self.rfile.readline() or b"{}")
-            columns, rows = self.server.run(str(request.get("sql", "")), list(request.get("args") or []))
-            answer: dict[str, Any] = {"columns": columns, "rows": rows}
-        except Exception as e:  # noqa: BLE001 - every failure goes back to the reader as its error
-            answer = {"error": f"{type(e).__name__}: {e}"}
-        with contextlib.suppress(OSError):  # the reader went away
-            self.wfile.write(json.dumps(answer, default=str).encode() + b"\n")
-
-
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, path: Path, base: duckdb.DuckDBPyConnection) -> None:
-        self.base = base  # a cursor of the writer's database, used by this server's threads only
-        self.mutex = threading.Lock()
-        self.active: set[duckdb.DuckDBPyConnection] = set()
-        self.closing = False
-        super().__init__(str(path), _Handler)
-
-    def run(self, sql: str, args: list[Any]) -> tuple[list[str], list[list[Any]]]:
-        with self.mutex:
-            if self.closing:
-                raise LiveReadError("the run is closing its store")
-            cur = self.base.cursor()
-            self.active.add(cur)
-        try:
-            _only_selects(cur, sql)
-            result = cur.execute(sql, args)
-            columns = [d[0] for d in result.description or []]
-            rows = [list(r) for r in result.fetchmany(MAX_ROWS)]
-            return columns, rows
-        finally:
-            with self.mutex:
-                self.active.discard(cur)
-            cur.close()
-
-
 class ReadServer:
     """The socket a writing store answers reads on (started by ``Store``; ``SYNTH_LIVE_READS=0`` turns
-    it off)."""
+    it off): a thread accepts, a thread per connection answers its one query."""
 
     def __init__(self, run_dir: Path, db: duckdb.DuckDBPyConnection) -> None:
         self.path = socket_path(run_dir)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(self.path.parent, 0o700)  # the run's rows: its user's only
         self.path.unlink(missing_ok=True)  # left by a killed run of this directory (we hold its lock)
-        # a cursor made here, in the writer's thread: the server's threads never touch the writer's own
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._sock.bind(str(self.path))
+            os.chmod(self.path, 0o600)
+            self._sock.listen(16)
+        except OSError:
+            self._sock.close()
+            raise
+        # a cursor made here, in the writer's thread: the reading threads never touch the writer's own
         # connection, so a read never waits for a commit (nor a commit for a read)
-        self._server = _Server(self.path, db.cursor())
-        os.chmod(self.path, 0o600)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="synth-live-reads", daemon=True
-        )
+        self._base = db.cursor()
+        self._mutex = threading.Lock()
+        self._active: dict[threading.Thread, duckdb.DuckDBPyConnection | None] = {}
+        self._closing = False
+        self._thread = threading.Thread(target=self._accept, name="synth-live-reads", daemon=True)
         self._thread.start()
 
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:  # closed: the store is closing
+                return
+            worker = threading.Thread(target=self._answer, args=(conn,), name="synth-live-read", daemon=True)
+            with self._mutex:
+                if self._closing:
+                    conn.close()
+                    return
+                self._active[worker] = None
+            worker.start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        me = threading.current_thread()
+        try:
+            with conn, conn.makefile("rb") as rfile:
+                try:
+                    request = json.loads(rfile.readline() or b"{}")
+                    columns, rows = self._run(
+                        me, str(request.get("sql", "")), list(request.get("args") or [])
+                    )
+                    answer: dict[str, Any] = {"columns": columns, "rows": rows}
+                except Exception as e:  # noqa: BLE001 - every failure goes back to the reader as its error
+                    answer = {"error": f"{type(e).__name__}: {e}"}
+                with contextlib.suppress(OSError):  # the reader went away
+                    conn.sendall(json.dumps(answer, default=str).encode() + b"\n")
+        finally:
+            with self._mutex:
+                self._active.pop(me, None)
+
+    def _run(self, me: threading.Thread, sql: str, args: list[Any]) -> tuple[list[str], list[list[Any]]]:
+        with self._mutex:
+            if self._closing:
+                raise LiveReadError("the run is closing its store")
+            cur = self._base.cursor()
+            self._active[me] = cur
+        try:
+            _only_selects(cur, sql)
+            result = cur.execute(sql, args)
+            columns = [d[0] for d in result.description or []]
+            return columns, [list(r) for r in result.fetchmany(MAX_ROWS)]
+        finally:
+            with self._mutex:
+                self._active[me] = None
+            cur.close()
+
     def close(self) -> None:
-        srv = self._server
-        with srv.mutex:
-            srv.closing = True
-            for cur in list(srv.active):  # a long read must not hold the run's close
+        with self._mutex:
+            self._closing = True
+            workers = list(self._active.items())
+        for _, cur in workers:  # a long read must not hold the run's close
+            if cur is not None:
                 with contextlib.suppress(duckdb.Error):
                     cur.interrupt()
-        srv.shutdown()
-        srv.server_close()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        self._sock.close()
         self._thread.join(timeout=5)
-        srv.base.close()
+        for worker, _ in workers:
+            worker.join(timeout=5)
+        self._base.close()
         self.path.unlink(missing_ok=True)
 
 
