@@ -274,3 +274,54 @@ def test_the_page_follows_a_run_while_it_writes(tmp_path, browser):
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def test_items_open_readably_tool_calls_step_labels_code_runs(tmp_path, browser):
+    """A tool call's arguments, each step's label, a code candidate's failing run with its feedback,
+    as the page renders them (the store of test_view.py: real record types)."""
+    from selenium.webdriver.common.by import By
+    from test_view import build_run
+
+    run = tmp_path / "items"
+    build_run(run)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "view", str(run), "--port", "0"],
+        env=ENV,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = re.search(r"http://127\.0\.0\.1:\d+/", proc.stderr.readline()).group(0)
+        browser.get(url)
+        wait(browser, ".stage-name")
+
+        def open_first(stage: str):
+            if browser.find_element(By.ID, "detail").is_displayed():
+                browser.find_element(By.ID, "detail-close").click()
+            browser.find_element(By.XPATH, f'//span[@class="stage-name" and text()="{stage}"]').click()
+            wait_for(browser, lambda d: f" of {stage} (all)" in d.find_element(By.ID, "rows-status").text)
+            browser.find_element(By.CSS_SELECTOR, "#rows tbody tr").click()
+            wait_for(browser, lambda d: "Provenance" in d.find_element(By.ID, "detail-body").text)
+            return browser.find_element(By.ID, "detail-body")
+
+        body = open_first("tools")
+        call = body.find_element(By.CSS_SELECTOR, ".call")
+        assert "calculator" in call.text and '"expr": "2+2"' in call.find_element(By.TAG_NAME, "pre").text
+        assert [m.text.split("\n")[0] for m in body.find_elements(By.CSS_SELECTOR, ".msg")] == [
+            "USER",
+            "ASSISTANT",
+            "TOOL · CALCULATOR · ANSWERS C1",
+            "ASSISTANT",
+        ]
+        body = open_first("steps")
+        steps = body.find_elements(By.CSS_SELECTOR, ".step")
+        assert [s.get_attribute("data-label") for s in steps] == ["true", "false"]
+        assert [s.find_element(By.CSS_SELECTOR, ".lab").text for s in steps] == ["✓", "✗"]
+        assert "3*4=12" in steps[0].text and "2+12=15" in steps[1].text
+        body = open_first("execute")
+        attempt = body.find_element(By.CSS_SELECTOR, ".attempt")
+        assert "failed (test_failed)" in attempt.text and "AssertionError: add(1, 2) == -1" in attempt.text
+        assert "return a - b" in body.text and "assert add(1, 2) == 3" in body.text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
