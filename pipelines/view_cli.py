@@ -50,5 +50,5 @@ def view(
     Console(stderr=True).print(
         f"synth view: {run_dir} ({what}) at {where} (Ctrl-C to stop)", soft_wrap=True, markup=False
     )
-    config = uvicorn.Config(create_app(run_dir), log_level="warning", access_log=False)
+    config = uvicorn.Config(create_app(run_dir, host), log_level="warning", access_log=False)
     uvicorn.Server(config).run(sockets=[sock])

@@ -7,6 +7,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,22 @@ from synth.stages.code.items import Attempt, Candidate
 from synth.store import Store
 from synth.view import data
 from synth.view.app import create_app
+
+
+def local(root: Path) -> TestClient:
+    """The app as a browser on this machine reaches it (Host: 127.0.0.1)."""
+    return TestClient(create_app(root), base_url="http://127.0.0.1:8765")
+
+
+def snapshot_shows(client: TestClient, stage: str, kept: int, timeout: float = 5.0) -> dict:
+    """The funnel once a running run's progress snapshot (at most 0.5 s behind) shows ``kept``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        funnel = client.get("/api/funnel").json()
+        got = next((f["kept"] for f in funnel["funnel"] if f["stage"] == stage), None)
+        if got == kept or time.monotonic() > deadline:
+            return funnel
+        time.sleep(0.05)
 
 
 def _sft(i: int, *, cap: str = "general", rnd: int = 0, judge: float | None = None) -> SFTRecord:
@@ -205,7 +222,16 @@ def test_score_histograms_count_every_row_or_say_they_sample(run, monkeypatch):
 
 def test_the_api_answers_and_refuses_what_it_should(run):
     path, _ = run
-    client = TestClient(create_app(path))
+    client = local(path)
+    # a page elsewhere that rebinds its name to 127.0.0.1 sends its own name: refused
+    assert (
+        TestClient(create_app(path)).get("/api/runs", headers={"host": "evil.example:8765"}).status_code
+        == 400
+    )
+    assert (
+        TestClient(create_app(path, "0.0.0.0")).get("/api/runs", headers={"host": "box.lan"}).status_code
+        == 200
+    )
     assert client.get("/api/runs").json()["runs"] == [{"run": ".", "live": False}]
     funnel = client.get("/api/funnel", params={"run": "."}).json()
     assert funnel["live"] is False
@@ -230,7 +256,7 @@ def test_the_viewer_never_writes_the_store(tmp_path):
     path = tmp_path / "run"
     build_run(path)
     before = hashlib.sha256((path / "synth.duckdb").read_bytes()).hexdigest()
-    client = TestClient(create_app(path))
+    client = local(path)
     for url, params in [
         ("runs", {}),
         ("funnel", {}),
@@ -255,8 +281,8 @@ def test_a_running_run_answers_reads_through_its_socket(tmp_path):
     try:
         writer.begin_stage("generate", 4)
         writer.commit_batch("generate", "b0", [_sft(0), _sft(1)])
-        client = TestClient(create_app(path))
-        funnel = client.get("/api/funnel", params={"run": "."}).json()
+        client = local(path)
+        funnel = snapshot_shows(client, "generate", 2)
         assert funnel["live"] is True and funnel["funnel"][0]["kept"] == 2
         assert keys(client.get("/api/rows", params={"run": ".", "stage": "generate"}).json()) == ["r0", "r1"]
         writer.commit_batch("generate", "b1", [_sft(2), _sft(3)])
@@ -284,7 +310,7 @@ def test_a_running_run_answers_reads_through_its_socket(tmp_path):
     assert not live.socket_path(path).exists()
     with pytest.raises(live.LiveReadError, match="answers no reads"):
         live.query(path, "SELECT 1")
-    assert TestClient(create_app(path)).get("/api/funnel").json()["live"] is False
+    assert local(path).get("/api/funnel").json()["live"] is False
 
 
 def test_runs_and_rounds_of_a_round_directory(tmp_path):
@@ -299,7 +325,7 @@ def test_runs_and_rounds_of_a_round_directory(tmp_path):
     rounds = data.rounds(tmp_path)
     assert rounds["rounds"] == [1, 2]
     assert rounds["metrics"] == {"suite/math/accuracy": [0.25, 0.5], "suite/code/pass@1": [0.0, 0.0]}
-    client = TestClient(create_app(tmp_path))
+    client = local(tmp_path)
     assert client.get("/api/runs").json()["rounds"] is True
     rows = client.get(
         "/api/rows", params={"run": "round_2/gen/general", "stage": "judge", "reason": "low_score"}
@@ -324,8 +350,8 @@ def test_synth_view_refuses_what_it_cannot_serve(tmp_path):
 
 
 def test_a_run_that_answers_no_reads_still_shows_its_funnel(tmp_path, monkeypatch):
-    """A run started with SYNTH_LIVE_READS=0 (or before live reads existed): the funnel comes from its
-    progress snapshot, and rows say why they cannot be shown (503), nothing else breaks."""
+    """A run started with SYNTH_LIVE_READS=0 (or before live reads existed): the funnel (its progress
+    snapshot) shows, and rows say why they cannot be shown (503), nothing else breaks."""
     path = tmp_path / "run"
     monkeypatch.setenv("SYNTH_LIVE_READS", "0")
     writer = Store(path)
@@ -333,12 +359,12 @@ def test_a_run_that_answers_no_reads_still_shows_its_funnel(tmp_path, monkeypatc
         writer.begin_stage("generate", 2)
         writer.commit_batch("generate", "b0", [_sft(0), _sft(1)])
         writer.end_stage("generate")  # writes the snapshot at once
-        client = TestClient(create_app(path))
-        funnel = client.get("/api/funnel").json()
-        assert funnel["live"] is True and "progress snapshot" in funnel["note"]
+        client = local(path)
+        funnel = snapshot_shows(client, "generate", 2)
+        assert funnel["live"] is True
         assert [(f["stage"], f["kept"]) for f in funnel["funnel"]] == [("generate", 2)]
         rows = client.get("/api/rows", params={"stage": "generate"})
         assert rows.status_code == 503 and "answers no reads" in rows.json()["error"]
     finally:
         writer.close()
-    assert TestClient(create_app(path)).get("/api/rows", params={"stage": "generate"}).json()["total"] == 2
+    assert local(path).get("/api/rows", params={"stage": "generate"}).json()["total"] == 2

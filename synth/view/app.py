@@ -15,6 +15,8 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Mount, Route
@@ -46,7 +48,13 @@ def _number(value: str | None, name: str, cast: Any = float) -> Any:
         raise data.ViewError(f"{name} must be a number, not {value!r}") from None
 
 
-def create_app(root: Path | str) -> Starlette:
+LOCAL_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def create_app(root: Path | str, host: str = "127.0.0.1") -> Starlette:
+    """The app over ``root``. Requests must name a local host (or ``host``, the address it listens
+    on) in their Host header: a web page elsewhere cannot read the run through DNS rebinding. Listening
+    on every address (0.0.0.0, ::) accepts any name."""
     root = Path(root).resolve()
     readers: dict[str, data.RunReader] = {}
 
@@ -132,4 +140,5 @@ def create_app(root: Path | str) -> Starlette:
         Route("/api/rounds", api(rounds)),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    return Starlette(routes=routes)
+    hosts = ["*"] if host in ("0.0.0.0", "::", "") else [*LOCAL_NAMES, host]
+    return Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)])

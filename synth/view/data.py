@@ -78,18 +78,16 @@ class RunReader:
         return out
 
     def funnel(self) -> dict[str, Any]:
-        """The funnel, from the store (a running run answers it through its socket: exact to the last
-        committed batch); from a running run's progress snapshot where it answers no reads."""
+        """The funnel: a running run's progress snapshot (rewritten as batches commit, at most 0.5 s
+        behind; reading it costs the run nothing, where the page polling the run's socket would have
+        it count its rows every few seconds), else the store's own counts."""
         state = self.state()
-        try:
-            funnel = funnel_of(self.query)
-            quarantined = self.query("SELECT count(*) FROM quarantine")[0][0]
-        except live.LiveReadError as e:
-            if not state["live"]:
-                raise
-            snap = read_progress(self.run_dir) or {}
-            return {**state, "funnel": snap.get("funnel", []), "quarantined": snap.get("quarantined", 0),
-                    "note": f"{e}; the funnel is the run's progress snapshot"}  # fmt: skip
+        if state["live"]:
+            snap = read_progress(self.run_dir)
+            if snap is not None:
+                return {**state, "funnel": snap.get("funnel", []), "quarantined": snap.get("quarantined", 0)}
+        funnel = funnel_of(self.query)  # a run without a snapshot yet answers it through its socket
+        quarantined = self.query("SELECT count(*) FROM quarantine")[0][0]
         return {**state, "funnel": funnel, "quarantined": quarantined}
 
     def meta(self) -> dict[str, Any]:
