@@ -325,3 +325,40 @@ def test_items_open_readably_tool_calls_step_labels_code_runs(tmp_path, browser)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_round_directory_shows_its_runs_and_its_evaluations_by_round(tmp_path, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+    from test_view import build_run
+
+    for rnd, acc in ((1, 0.25), (2, 0.5)):
+        build_run(tmp_path / f"round_{rnd}" / "gen" / "general")
+        (tmp_path / f"round_{rnd}" / "eval_suite").mkdir(parents=True)
+        (tmp_path / f"round_{rnd}" / "eval_suite" / "metrics.json").write_text(
+            json.dumps({"math": {"accuracy": acc, "n": 4}})
+        )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "view", str(tmp_path), "--port", "0"],
+        env=ENV,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = re.search(r"http://127\.0\.0\.1:\d+/", proc.stderr.readline()).group(0)
+        browser.get(url)
+        wait(browser, ".stage-name")
+        runs = [o.get_attribute("value") for o in Select(browser.find_element(By.ID, "run")).options]
+        assert runs == ["round_1/gen/general", "round_2/gen/general"]
+        browser.find_element(By.ID, "rounds-tab").click()
+        row = wait(browser, 'table.rounds tr[data-metric="suite/math/accuracy"]')
+        assert row.text.split() == ["suite/math/accuracy", "0.2500", "0.5000"]
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#rounds svg polyline")) == 1
+        # another run of the directory: its own funnel
+        Select(browser.find_element(By.ID, "run")).select_by_value("round_2/gen/general")
+        wait_for(browser, lambda d: "round_2" in d.current_url)
+        chip = wait(browser, 'a.reason[data-stage="judge"][data-reason="low_score"]')
+        assert chip.text == "low_score 12"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

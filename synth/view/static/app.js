@@ -368,19 +368,24 @@ async function loadRounds() {
   try { data = await api("rounds", {}); } catch (e) { box.textContent = e.message; return; }
   const keys = Object.keys(data.metrics);
   if (!keys.length) { box.textContent = "no round has an evaluation yet (evals: in the round's config)"; return; }
+  const color = (j) => `hsl(${(j * 67) % 360} 60% 42%)`;
   const table = el("table", { class: "rounds" },
     el("tr", {}, el("th", { text: "metric" }), data.rounds.map((r) => el("th", { text: `round ${r}` }))),
-    keys.map((k) => el("tr", {}, el("td", { text: k }), data.metrics[k].map((v) => el("td", { text: v === null ? "-" : v.toFixed(4) })))));
-  const w = 520, h = 220, pad = 30, R = data.rounds.length;
+    keys.map((k, j) => el("tr", { "data-metric": k },
+      el("td", {}, el("span", { class: "swatch", style: `background:${color(j)}` }), k),
+      data.metrics[k].map((v) => el("td", { text: v === null ? "-" : v.toFixed(4) })))));
+  const w = 520, h = 220, pad = 36, R = data.rounds.length;
   const svg = svgEl("svg", { width: w, height: h + 2 * pad });
   const x = (i) => pad + (R > 1 ? (i * (w - 2 * pad)) / (R - 1) : (w - 2 * pad) / 2);
   const y = (v) => pad + h - v * h;  // metrics are rates in [0, 1]
-  svg.append(svgEl("line", { x1: pad, y1: pad + h, x2: w - pad, y2: pad + h, stroke: "#999" }));
+  for (const v of [0, 0.25, 0.5, 0.75, 1]) {
+    svg.append(svgEl("line", { x1: pad, y1: y(v), x2: w - pad, y2: y(v), stroke: v ? "#eee" : "#999" }));
+    const t = svgEl("text", { x: pad - 6, y: y(v) + 4, "font-size": 11, "text-anchor": "end" }); t.textContent = String(v); svg.append(t);
+  }
   keys.forEach((k, j) => {
-    const color = `hsl(${(j * 67) % 360} 60% 42%)`;
     const pts = data.metrics[k].map((v, i) => (v === null ? null : [x(i), y(Math.max(0, Math.min(1, v)))])).filter(Boolean);
-    svg.append(svgEl("polyline", { points: pts.map((p) => p.join(",")).join(" "), fill: "none", stroke: color, "stroke-width": 2 }));
-    pts.forEach((p) => { const c = svgEl("circle", { cx: p[0], cy: p[1], r: 3, fill: color }); const t = svgEl("title", {}); t.textContent = k; c.append(t); svg.append(c); });
+    svg.append(svgEl("polyline", { points: pts.map((p) => p.join(",")).join(" "), fill: "none", stroke: color(j), "stroke-width": 2 }));
+    pts.forEach((p) => { const c = svgEl("circle", { cx: p[0], cy: p[1], r: 3, fill: color(j) }); const t = svgEl("title", {}); t.textContent = k; c.append(t); svg.append(c); });
   });
   data.rounds.forEach((r, i) => { const t = svgEl("text", { x: x(i), y: pad + h + 16, "font-size": 11, "text-anchor": "middle" }); t.textContent = `round ${r}`; svg.append(t); });
   box.replaceChildren(el("h2", { text: "Held-out evaluation by round" }), svg, table);
