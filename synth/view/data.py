@@ -9,6 +9,7 @@ admits no second process beside its writer). The viewer never writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import threading
@@ -58,7 +59,9 @@ class RunReader:
 
     def cached(self, what: tuple, signature: Any, compute: Any) -> Any:
         """``compute()`` once per ``signature`` (a stage's row count: a finished stage is asked once,
-        a growing one again when it has grown)."""
+        a growing one again when it has grown) and version of the store file (a run redone in place)."""
+        with contextlib.suppress(OSError):
+            signature = (signature, (self.run_dir / DB_NAME).stat().st_mtime_ns)
         with self._lock:
             hit = self._cache.get(what)
         if hit is not None and hit[0] == signature:
