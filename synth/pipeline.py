@@ -335,6 +335,15 @@ class Run:
         self.store.begin_stage(name, total, batch_size)
         if source is not None and hasattr(stage, "prepare"):
             stage.prepare(self, source)
+        try:
+            return self._batches(name, stage, chunks, total)
+        finally:
+            if hasattr(stage, "release"):  # what ``prepare`` took (a lock), finished or not
+                stage.release()
+
+    def _batches(
+        self, name: str, stage: Stage, chunks: Iterable[list[tuple[str, Any]]], total: int | None
+    ) -> Rows:
         done = self.store.done_batches(name)
         seen = 0
         # batches in flight at once: only for stages that declare themselves safe (``concurrent``:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from synth.records import PreferenceRecord, SFTRecord
 from synth.stages.dedup import (
     DEFAULT_THRESHOLD,
     Embedder,
+    IndexBusy,
     MinHashIndex,
     NearDuplicates,
     SemanticDedup,
@@ -370,3 +373,36 @@ def test_near_dedup_stage_across_runs_and_resumed(tmp_path):
     saved = MinHashIndex.load(resumed_project)
     assert len(saved) == 8 and saved.find(conversation_text(rows[1]))[0] == f"{path.resolve()}\nr1"
     run.close()
+
+
+def test_near_dedup_stage_waits_for_no_other_run_of_the_project(tmp_path):
+    """Two runs deciding against one project index at once would each miss the other's rows: the
+    second stops with one line naming the first, and the same command then resumes it."""
+    rows = chat_rows()
+    project = tmp_path / "project" / "near.pkl"
+    project.parent.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, sys, time\n"
+         f"fh = open({str(project) + '.lock'!r}, 'a+b'); fcntl.flock(fh, fcntl.LOCK_EX)\n"
+         "fh.write(b'the run /elsewhere (pid 1)'); fh.flush(); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        run = Run(tmp_path / "a", config={"c": 1})
+        with pytest.raises(IndexBusy, match=r"near\.pkl: the run /elsewhere \(pid 1\) deduplicates"):
+            run.map(NearDuplicates(index_path=project), run.source("in", rows), batch_size=2)
+        run.close()
+    finally:
+        holder.kill()
+        holder.wait()
+    run = Run(tmp_path / "a", config={"c": 1})
+    out = run.map(NearDuplicates(index_path=project), run.source("in", rows), batch_size=2)
+    assert {k for k, v in verdicts(run, out).items() if v[0] == "near_duplicate"} == {"r5"}
+    run.close()
+    # the stage let the index go at its end: the next run of the project takes it at once
+    run_b = Run(tmp_path / "b", config={"c": 1})
+    out_b = run_b.map(NearDuplicates(index_path=project), run_b.source("in", rows[:2]), batch_size=2)
+    assert {v[0] for v in verdicts(run_b, out_b).values()} == {"near_duplicate"}
+    run_b.close()

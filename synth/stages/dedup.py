@@ -68,6 +68,7 @@ The index persists (pickle) so that later runs of a project check their rows aga
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import math
 import os
@@ -81,6 +82,7 @@ from typing import Any
 import numpy as np
 
 from synth.records import PreferenceRecord, SFTRecord, StepLabelRecord
+from synth.store import StoreError
 
 DEFAULT_THRESHOLD = 0.9
 DEFAULT_NPROBE = 3
@@ -502,6 +504,10 @@ class MinHashIndex:
         return index
 
 
+class IndexBusy(StoreError):
+    """Another run holds the project's near-duplicate index (its ``.lock``)."""
+
+
 class NearDuplicates:
     """Exact and near-exact duplicates as a stage kind (``Run.map``): rows are decided in stream order
     against the rows kept before them (in this run, and in earlier runs of the project when
@@ -513,9 +519,12 @@ class NearDuplicates:
     runs), removes this run's own rows from it (there only if a save beat the final commit), and adds
     the rows this stage already kept, in the order it committed them, so the index is exactly what it
     was after the last committed batch; the batches after it are then decided as before. The project
-    index is saved (atomically) once, with the stage's last batch; runs of one project that share an
-    index file should not run this stage at the same moment (the later save would win). A loaded
-    index keeps the settings (threshold, permutations, n-gram) it was built with.
+    index is saved (atomically) once, with the stage's last batch. The stage holds an ``flock`` on
+    ``INDEX.lock`` from ``prepare`` to its end: a second run of the project that reaches this stage
+    meanwhile stops with one line naming the run that holds it (two runs deciding against the same
+    index at once would each miss the other's rows, and the later save would drop the earlier's); the
+    same command resumes it once that run is done. A loaded index keeps the settings (threshold,
+    permutations, n-gram) it was built with.
     """
 
     name = "near_dedup"
@@ -536,12 +545,42 @@ class NearDuplicates:
         self.index = MinHashIndex(threshold, num_perm, ngram)
         self.run_key = ""
         self._left = 0
+        self._lock: Any = None  # the open INDEX.lock while this stage runs
 
     def _key(self, row_id: str) -> str:
         return f"{self.run_key}\n{row_id}"
 
+    def _take_lock(self) -> None:
+        if self.index_path is None or self._lock is not None:
+            return
+        path = self.index_path.with_name(self.index_path.name + ".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+b")  # noqa: SIM115 - held until release()
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().decode(errors="replace").strip() or "another process"
+            fh.close()
+            raise IndexBusy(
+                f"{self.index_path}: {holder} deduplicates against this project index now; "
+                "run this again when it is done (the same command resumes)"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"the run {self.run_key} (pid {os.getpid()})\n".encode())
+        fh.flush()
+        self._lock = fh
+
+    def release(self) -> None:
+        """End of the stage (finished or not): let other runs of the project use the index."""
+        if self._lock is not None:
+            self._lock.close()  # closing drops the flock
+            self._lock = None
+
     def prepare(self, run: Any, source: Any) -> None:
         self.run_key = str(Path(run.dir).resolve())
+        self._take_lock()
         if self.index_path is not None and self.index_path.exists():
             self.index = MinHashIndex.load(self.index_path)
         else:
