@@ -34,8 +34,10 @@ class LiveReadError(RuntimeError):
 
 
 def socket_path(run_dir: Path | str) -> Path:
-    """Where the run writing ``run_dir`` listens (short: a Unix socket path has at most 107 bytes)."""
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"synth-{os.getuid()}"
+    """Where the run writing ``run_dir`` listens (short: a Unix socket path has at most 107 bytes). The
+    temp dir, not ``$XDG_RUNTIME_DIR``: a run started from cron or a non-login shell has none, and the
+    viewer must find the socket the run made."""
+    base = Path(tempfile.gettempdir()) / f"synth-{os.getuid()}"
     digest = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:24]
     return base / f"{digest}.sock"
 

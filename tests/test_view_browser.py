@@ -11,6 +11,8 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -65,20 +67,31 @@ def run(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def url(run):
+@contextmanager
+def served(path: Path) -> Iterator[str]:
+    """`synth view PATH --port 0` in a subprocess: its address while it runs."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "view", str(run), "--port", "0"],
+        [sys.executable, "-m", "pipelines.cli", "view", str(path), "--port", "0"],
         env=ENV,
         stderr=subprocess.PIPE,
         text=True,
     )
-    line = proc.stderr.readline()
-    found = re.search(r"http://127\.0\.0\.1:\d+/", line)
-    assert found, f"synth view did not start: {line}{proc.stderr.read() if proc.poll() is not None else ''}"
-    yield found.group(0)
-    proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        line = proc.stderr.readline()
+        found = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        assert found, (
+            f"synth view did not start: {line}{proc.stderr.read() if proc.poll() is not None else ''}"
+        )
+        yield found.group(0)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def url(run):
+    with served(run) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
@@ -240,40 +253,35 @@ def test_the_page_follows_a_run_while_it_writes(tmp_path, browser):
 
     run = tmp_path / "live"
     writer = Store(run)
-    proc = None
     try:
         writer.begin_stage("clean", 8)
         writer.commit_batch("clean", "b0", [row(0), row(1)])
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.cli", "view", str(run), "--port", "0"],
-            env=ENV,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        url = re.search(r"http://127\.0\.0\.1:\d+/", proc.stderr.readline()).group(0)
-        browser.get(url)
-        badge = wait(browser, "#live.live")
-        assert badge.text == f"running (pid {os.getpid()})"
-        nums = lambda: browser.find_element(By.CSS_SELECTOR, '.stage[data-stage="clean"] .stage-nums').text  # noqa: E731
-        wait_for(browser, lambda d: "kept 1 · rejected 1" in nums())
-        writer.commit_batch("clean", "b1", [row(2), row(3), row(4), row(5)])
-        wait_for(browser, lambda d: "kept 3 · rejected 3" in nums(), timeout=20)
-        browser.find_element(By.CSS_SELECTOR, 'a.reason[data-reason="too_short"]').click()
-        wait_for(
-            browser,
-            lambda d: (
-                "3 rows of clean (rejected, reason too_short)" in d.find_element(By.ID, "rows-status").text
-            ),
-        )
-        shown = [
-            tr.get_attribute("data-key") for tr in browser.find_elements(By.CSS_SELECTOR, "#rows tbody tr")
-        ]
-        assert shown == ["r1", "r3", "r5"]
+        with served(run) as url:
+            browser.get(url)
+            badge = wait(browser, "#live.live")
+            assert badge.text == f"running (pid {os.getpid()})"
+
+            def nums() -> str:
+                return browser.find_element(By.CSS_SELECTOR, '.stage[data-stage="clean"] .stage-nums').text
+
+            wait_for(browser, lambda d: "kept 1 · rejected 1" in nums())
+            writer.commit_batch("clean", "b1", [row(2), row(3), row(4), row(5)])
+            wait_for(browser, lambda d: "kept 3 · rejected 3" in nums(), timeout=20)
+            browser.find_element(By.CSS_SELECTOR, 'a.reason[data-reason="too_short"]').click()
+            wait_for(
+                browser,
+                lambda d: (
+                    "3 rows of clean (rejected, reason too_short)"
+                    in d.find_element(By.ID, "rows-status").text
+                ),
+            )
+            shown = [
+                tr.get_attribute("data-key")
+                for tr in browser.find_elements(By.CSS_SELECTOR, "#rows tbody tr")
+            ]
+            assert shown == ["r1", "r3", "r5"]
     finally:
         writer.close()
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
 
 
 def test_items_open_readably_tool_calls_step_labels_code_runs(tmp_path, browser):
@@ -284,14 +292,7 @@ def test_items_open_readably_tool_calls_step_labels_code_runs(tmp_path, browser)
 
     run = tmp_path / "items"
     build_run(run)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "view", str(run), "--port", "0"],
-        env=ENV,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        url = re.search(r"http://127\.0\.0\.1:\d+/", proc.stderr.readline()).group(0)
+    with served(run) as url:
         browser.get(url)
         wait(browser, ".stage-name")
 
@@ -322,9 +323,6 @@ def test_items_open_readably_tool_calls_step_labels_code_runs(tmp_path, browser)
         attempt = body.find_element(By.CSS_SELECTOR, ".attempt")
         assert "failed (test_failed)" in attempt.text and "AssertionError: add(1, 2) == -1" in attempt.text
         assert "return a - b" in body.text and "assert add(1, 2) == 3" in body.text
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_a_round_directory_shows_its_runs_and_its_evaluations_by_round(tmp_path, browser):
@@ -338,14 +336,7 @@ def test_a_round_directory_shows_its_runs_and_its_evaluations_by_round(tmp_path,
         (tmp_path / f"round_{rnd}" / "eval_suite" / "metrics.json").write_text(
             json.dumps({"math": {"accuracy": acc, "n": 4}})
         )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "view", str(tmp_path), "--port", "0"],
-        env=ENV,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        url = re.search(r"http://127\.0\.0\.1:\d+/", proc.stderr.readline()).group(0)
+    with served(tmp_path) as url:
         browser.get(url)
         wait(browser, ".stage-name")
         runs = [o.get_attribute("value") for o in Select(browser.find_element(By.ID, "run")).options]
@@ -359,6 +350,3 @@ def test_a_round_directory_shows_its_runs_and_its_evaluations_by_round(tmp_path,
         wait_for(browser, lambda d: "round_2" in d.current_url)
         chip = wait(browser, 'a.reason[data-stage="judge"][data-reason="low_score"]')
         assert chip.text == "low_score 12"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

@@ -10,11 +10,13 @@ admits no second process beside its writer). The viewer never writes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,17 @@ class ViewError(ValueError):
     """A request the viewer cannot answer (unknown run or stage, a bad filter): HTTP 400."""
 
 
+def _one_connection(method: Any) -> Any:
+    """The method's queries share one connection (``RunReader.reading``)."""
+
+    @functools.wraps(method)
+    def wrapper(self: RunReader, *args: Any, **kwargs: Any) -> Any:
+        with self.reading():
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class RunReader:
     """Read-only queries over one run directory's store, whether or not a run writes it now."""
 
@@ -38,24 +51,39 @@ class RunReader:
         self.run_dir = Path(run_dir)
         self._cache: dict[tuple, tuple[Any, Any]] = {}  # (what, ...) -> (signature, value)
         self._lock = threading.Lock()
+        self._local = threading.local()  # the connection of the request this thread answers
 
     # -- transport -----------------------------------------------------------------------
     def writer(self) -> tuple[int | None, str] | None:
         """(pid, command) of the run writing the store now, or None."""
         return lock_holder(self.run_dir)
 
-    def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
-        if self.writer() is not None:
-            return live.query(self.run_dir, sql, list(args))
-        try:
-            store = Store(self.run_dir, read_only=True)
-        except RunBusy:  # a run began between the check and the open
-            return live.query(self.run_dir, sql, list(args))
-        try:
+    @contextmanager
+    def reading(self) -> Iterator[Any]:
+        """One way in for all the queries of a request (this thread's): a read-only connection
+        opened once, or the running run's socket; nested uses share it."""
+        if getattr(self._local, "query", None) is not None:
+            yield self._local.query
+            return
+        store = None
+        if self.writer() is None:
+            with contextlib.suppress(RunBusy):  # a run began between the check and the open
+                store = Store(self.run_dir, read_only=True)
+        if store is None:
+            self._local.query = lambda sql, args=(): live.query(self.run_dir, sql, list(args))
+        else:
             store.db.execute("SET enable_progress_bar = false")
-            return store.query(sql, args)
+            self._local.query = store.query
+        try:
+            yield self._local.query
         finally:
-            store.close()
+            self._local.query = None
+            if store is not None:
+                store.close()
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
+        with self.reading() as query:
+            return query(sql, args)
 
     def cached(self, what: tuple, signature: Any, compute: Any) -> Any:
         """``compute()`` once per ``signature`` (a stage's row count: a finished stage is asked once,
@@ -72,9 +100,9 @@ class RunReader:
         return value
 
     # -- the run -------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
+    def state(self, snap: dict[str, Any] | None = None) -> dict[str, Any]:
         holder = self.writer()
-        snap = read_progress(self.run_dir) or {}
+        snap = snap if snap is not None else read_progress(self.run_dir) or {}
         out: dict[str, Any] = {"live": holder is not None, "updated": snap.get("updated")}
         if holder is not None:
             out["pid"], out["command"] = holder[0], holder[1] or snap.get("command", "")
@@ -84,15 +112,16 @@ class RunReader:
         """The funnel: a running run's progress snapshot (rewritten as batches commit, at most 0.5 s
         behind; reading it costs the run nothing, where the page polling the run's socket would have
         it count its rows every few seconds), else the store's own counts."""
-        state = self.state()
-        if state["live"]:
-            snap = read_progress(self.run_dir)
-            if snap is not None:
-                return {**state, "funnel": snap.get("funnel", []), "quarantined": snap.get("quarantined", 0)}
-        funnel = funnel_of(self.query)  # a run without a snapshot yet answers it through its socket
-        quarantined = self.query("SELECT count(*) FROM quarantine")[0][0]
+        snap = read_progress(self.run_dir)
+        state = self.state(snap or {})
+        if state["live"] and snap is not None:
+            return {**state, "funnel": snap.get("funnel", []), "quarantined": snap.get("quarantined", 0)}
+        with self.reading() as query:  # a run without a snapshot yet answers through its socket
+            funnel = funnel_of(query)
+            quarantined = query("SELECT count(*) FROM quarantine")[0][0]
         return {**state, "funnel": funnel, "quarantined": quarantined}
 
+    @_one_connection
     def meta(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in self.query("SELECT key, value FROM meta"):
@@ -115,6 +144,7 @@ class RunReader:
         rows = self.query("SELECT count(*) FROM records WHERE stage = ?", [stage])
         return int(rows[0][0])
 
+    @_one_connection
     def facets(self, stage: str) -> dict[str, Any]:
         """What a stage's rows can be filtered by: capabilities, rounds, score names, reasons."""
         n = self.stage_rows(stage)
@@ -145,6 +175,7 @@ class RunReader:
         return {"rows": n, **self.cached(("facets", stage), n, compute)}
 
     # -- rows ----------------------------------------------------------------------------
+    @_one_connection
     def rows(
         self,
         stage: str,
@@ -188,6 +219,7 @@ class RunReader:
             "rows": [summary(*row) for row in page],
         }
 
+    @_one_connection
     def pairs(self, stage: str, *, offset: int = 0, limit: int = 10, **filters: Any) -> dict[str, Any]:
         """Preference rows with their whole record (prompt, ranked responses), a page at a time."""
         page = self.rows(stage, offset=offset, limit=limit, **filters)
@@ -198,6 +230,7 @@ class RunReader:
         page["rows"] = [{**r, "record": full.get(r["key"])} for r in page["rows"]]
         return page
 
+    @_one_connection
     def record(self, stage: str, key: str) -> dict[str, Any]:
         """One row whole, with the stages its key went through (in run order)."""
         found = self.query(
@@ -224,6 +257,7 @@ class RunReader:
         }
 
     # -- scores --------------------------------------------------------------------------
+    @_one_connection
     def scores(self, stage: str, bins: int = 20) -> dict[str, Any]:
         """Each score's statistics and histogram over a stage's rows (an evenly spaced sample of at
         most ``SAMPLE_ROWS`` of a bigger stage)."""
