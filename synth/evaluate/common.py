@@ -4,6 +4,7 @@ input of the project is), asking the model greedily in batches, and the shares t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,7 @@ Progress = Callable[[int], None]  # advanced by the number of items just finishe
 def read_rows(path: str | Path, model: type[BaseModel], limit: int | None = None) -> Iterator[Any]:
     """The rows of a JSONL file as ``model`` instances (ids unique; a bad row is an ``InputError``
     naming file, line and field), the first ``limit`` only when given."""
-    for n, row in enumerate(iter_records(path, model.model_validate, unique_ids=True)):
-        if limit is not None and n >= limit:
-            return
-        yield row
+    return islice(iter_records(path, model.model_validate, unique_ids=True), limit)
 
 
 def greedy_replies(

@@ -17,23 +17,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
+from pydantic import StrictStr, model_validator
 
 from synth.engines.base import Engine, Request
 from synth.evaluate.common import Progress, greedy_replies, read_rows, share
 from synth.io import InputError
-from synth.stages.factuality.questions import mentions
+from synth.stages.factuality.evaluate import AnsweredQuestion
 
 INSTRUCTION = "Answer the question in a few words, using only the document above."
 
 
-class LongContextQuestion(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    id: StrictStr
-    question: StrictStr = Field(min_length=1)
-    answer: StrictStr = Field(min_length=1)
-    aliases: list[StrictStr] = Field(default_factory=list)
+class LongContextQuestion(AnsweredQuestion):
     document: StrictStr | None = None
     context: StrictStr | None = None
 
@@ -42,9 +36,6 @@ class LongContextQuestion(BaseModel):
         if (self.document is None) == (self.context is None):
             raise ValueError("give exactly one of 'document' (a file) or 'context' (the text)")
         return self
-
-    def answered_by(self, text: str) -> bool:
-        return any(mentions(text, a) for a in [self.answer, *self.aliases])
 
 
 def read_questions(path: str | Path, limit: int | None = None) -> list[LongContextQuestion]:

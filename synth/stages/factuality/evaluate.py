@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -34,26 +35,29 @@ from synth.stages.factuality.refusal import is_refusal
 FORCE = "Answer the question with your best guess in a few words. Never refuse and never say you do not know."
 
 
-class Probe(BaseModel):
+class AnsweredQuestion(BaseModel):
+    """A held-out question with its gold answer and aliases (a probe here; the evaluation suite's
+    long-context questions add their document)."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
     id: StrictStr
     question: StrictStr = Field(min_length=1)
     answer: StrictStr = Field(min_length=1)
     aliases: list[StrictStr] = Field(default_factory=list)
-    snippet: StrictStr | None = None
 
     def answered_by(self, text: str) -> bool:
+        """Whether ``text`` states the answer or an alias (whole words, normalised)."""
         return any(mentions(text, a) for a in [self.answer, *self.aliases])
+
+
+class Probe(AnsweredQuestion):
+    snippet: StrictStr | None = None
 
 
 def read_probes(path: str | Path, limit: int | None = None) -> Iterator[Probe]:
     """Probes of a JSONL file ``{"id", "question", "answer", "aliases"?, "snippet"?}``, validated."""
-    rows = iter_records(path, Probe.model_validate, unique_ids=True)
-    for n, row in enumerate(rows):
-        if limit is not None and n >= limit:
-            return
-        yield row
+    return islice(iter_records(path, Probe.model_validate, unique_ids=True), limit)
 
 
 @dataclass
