@@ -432,29 +432,18 @@ def _round_card(here: Path, rnd: int, policy: str | None, cfg: RoundConfig) -> N
     _rounds_report(Path(cfg.out), rnd, cfg)
 
 
-def _headlines(here: Path, name: str) -> dict[str, Any] | None:
-    """An evaluation's headline numbers ({check: {metric: value, n}}) from a round directory."""
-    path = here / f"eval_{name}" / "metrics.json"
-    if not path.exists():
-        return None
-    data = json.loads(path.read_text())
-    if name == "math":  # one check: its numeric metrics
-        keep = {k: v for k, v in data.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-        return {"math": keep}
-    return data
-
-
 def _evaluation_lines(here: Path, rnd: int, cfg: RoundConfig) -> list[str]:
     """Each evaluation of this round next to the previous round's (a table with the change)."""
     from pipelines.eval_cli import compare_md
+    from synth.evaluate.rounds import headlines
 
     lines: list[str] = []
     previous_dir = here.parent / f"round_{rnd - 1}"
     for name in cfg.evals:
-        now = _headlines(here, name)
+        now = headlines(here, name)
         if now is None:
             continue
-        before = _headlines(previous_dir, name) if rnd > 1 else None
+        before = headlines(previous_dir, name) if rnd > 1 else None
         what = f"round {rnd} vs round {rnd - 1}" if before is not None else f"round {rnd} (the first)"
         lines += ["", f"## eval_{name}: {what}", "", compare_md(before, now).rstrip()]
     return lines
@@ -463,16 +452,12 @@ def _evaluation_lines(here: Path, rnd: int, cfg: RoundConfig) -> list[str]:
 def _rounds_report(root: Path, last: int, cfg: RoundConfig) -> None:
     """ROUNDS.md (and rounds.png): every evaluation metric of every round so far, as a table and a
     plot of the metrics over rounds."""
-    series: dict[str, list[float | None]] = {}
+    from synth.evaluate.rounds import metric_series
+
     rounds = list(range(1, last + 1))
-    for i, rnd in enumerate(rounds):
-        for name in cfg.evals:
-            for check, metrics in (_headlines(root / f"round_{rnd}", name) or {}).items():
-                for metric, value in metrics.items():
-                    if metric == "n" or not isinstance(value, int | float) or isinstance(value, bool):
-                        continue
-                    key = f"{check}/{metric}"
-                    series.setdefault(key, [None] * len(rounds))[i] = float(value)
+    series: dict[str, list[float | None]] = {}
+    for (_, check, metric), values in metric_series(root, rounds, list(cfg.evals)).items():
+        series[f"{check}/{metric}"] = values
     lines = ["# Rounds", "", f"Evaluation of each round's model (`{root}`).", ""]
     if not series:
         (root / "ROUNDS.md").write_text("\n".join([*lines, "No evaluation configured (evals:).", ""]))

@@ -14,13 +14,13 @@ import functools
 import json
 import math
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from synth import live
+from synth.evaluate.rounds import metric_series, round_numbers
 from synth.stats import read_progress
 from synth.store import DB_NAME, RunBusy, Store, funnel_of, lock_holder
 
@@ -457,40 +457,10 @@ def find_runs(root: Path, depth: int = 4) -> list[str]:
 
 
 def rounds(root: Path) -> dict[str, Any] | None:
-    """The evaluation metrics of each round of a `synth round` directory ({metric: [by round]}), or
-    None when ``root`` is not one."""
-    root = Path(root)
-    dirs = sorted(
-        (int(d.name.split("_")[1]), d)
-        for d in root.glob("round_*")
-        if d.is_dir() and d.name.split("_")[1].isdigit()
-    )
-    if not dirs:
+    """The evaluation metrics of each round of a `synth round` directory ({"evaluation/check/metric":
+    [by round]}), or None when ``root`` is not one."""
+    numbers = round_numbers(root)
+    if not numbers:
         return None
-    numbers = [n for n, _ in dirs]
-    series: dict[str, list[float | None]] = {}
-    for i, (_, d) in enumerate(dirs):
-        for path in sorted(d.glob("eval_*/metrics.json")):
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            name = path.parent.name.removeprefix("eval_")
-            for check, metrics in _flatten(name, data):
-                series.setdefault(check, [None] * len(dirs))[i] = metrics
-    return {"rounds": numbers, "metrics": series, "updated": time.time()}
-
-
-def _flatten(name: str, data: Any) -> list[tuple[str, float]]:
-    out: list[tuple[str, float]] = []
-    if not isinstance(data, dict):
-        return out
-    for k, v in data.items():
-        if k == "n" or isinstance(v, bool):
-            continue
-        if isinstance(v, int | float):
-            out.append((f"{name}/{k}", float(v)))
-        elif isinstance(v, dict):
-            out += [(f"{name}/{k}/{m}", float(x)) for m, x in v.items()
-                    if m != "n" and isinstance(x, int | float) and not isinstance(x, bool)]  # fmt: skip
-    return out
+    series = metric_series(root, numbers)
+    return {"rounds": numbers, "metrics": {"/".join(key): values for key, values in series.items()}}
